@@ -1,0 +1,12 @@
+//! plexus: a multi-network CNI meta-plugin.
+//!
+//! The flow is request → config → plan → chain (see DESIGN.md). Each module owns one step.
+
+pub mod cache;
+pub mod chain;
+pub mod cni;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod plan;
+pub mod plugin;

@@ -1,0 +1,52 @@
+//! The `plexus` binary: a CNI plugin when `CNI_COMMAND` is set, otherwise a small CLI.
+
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "plexus",
+    version,
+    about = "Multi-network CNI meta-plugin (run by the container runtime with CNI_COMMAND set)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a pod netns, attach a cluster network and two extra networks through plexus with the
+    /// real reference plugins, show what the pod got, then tear it all down (needs root).
+    Demo(plexus::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cni_main();
+    }
+    let cli = Cli::parse();
+    plexus::logging::init(Some("info"), None, true);
+    match cli.command {
+        Cmd::Demo(args) => match plexus::demo::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("plexus demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn cni_main() -> ExitCode {
+    let mut stdin = Vec::new();
+    // Read at most one byte past the cap so an oversized config is refused, not buffered.
+    let limit = plexus::cni::request::MAX_STDIN as u64 + 1;
+    let _ = std::io::stdin().take(limit).read_to_end(&mut stdin);
+    let out = plexus::plugin::run(|k| std::env::var(k).ok(), stdin);
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(out.stdout.as_bytes());
+    let _ = stdout.flush();
+    ExitCode::from(out.exit_code as u8)
+}
