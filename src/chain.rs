@@ -188,6 +188,16 @@ impl Chain {
         attachments: &[Attachment],
         prev: Option<&CniResult>,
     ) -> Result<CniResult, CniError> {
+        // Find every delegate before touching anything: a missing binary fails the ADD up front
+        // instead of half-way, with nothing to undo.
+        for a in attachments {
+            for i in 0..a.network.plugins.len() {
+                let plugin = a.network.plugin_type(i);
+                exec::find_plugin(plugin, &self.search_path).map_err(|e| {
+                    e.context(self.context(Command::Add, &a.network, plugin, &a.ifname))
+                })?;
+            }
+        }
         let mut cluster_result = None;
         for (k, a) in attachments.iter().enumerate() {
             record.attachments.push(CachedAttachment {

@@ -1,0 +1,688 @@
+//! The CNI protocol as plexus speaks it to the runtime and to its delegates, observed through the
+//! test delegates (record, fail, hang): env, prevResult, capability filtering, deadlines, DEL order,
+//! CHECK/STATUS/GC reach, and bad input.
+
+mod common;
+
+use common::TestEnv;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn rec_net(env: &TestEnv, name: &str, version: &str, plugins: Vec<Value>) -> Value {
+    let plugins: Vec<Value> = plugins
+        .into_iter()
+        .map(|mut p| {
+            p["record"] = json!(env.record_file());
+            p
+        })
+        .collect();
+    json!({"cniVersion": version, "name": name, "plugins": plugins})
+}
+
+fn by<'a>(records: &'a [Value], command: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["command"] == command).collect()
+}
+
+#[test]
+fn env_prevresult_and_capabilities_reach_delegates_as_libcni_would() {
+    let env = TestEnv::new("env");
+    let cluster = rec_net(
+        &env,
+        "cluster",
+        "1.0.0",
+        vec![
+            json!({"type": "test-record", "address": "10.9.0.2/24", "capabilities": {"portMappings": true}, "custom": {"kept": [1, 2]}}),
+            json!({"type": "test-record", "capabilities": {"bandwidth": true}}),
+        ],
+    );
+    let extra = rec_net(
+        &env,
+        "extra",
+        "0.4.0",
+        vec![
+            json!({"type": "test-record", "address": "10.8.0.2/24", "capabilities": {"portMappings": true}}),
+        ],
+    );
+    let mut conf = env.plexus_conf("1.1.0", vec![cluster, extra]);
+    conf["runtimeConfig"] = json!({"portMappings": [{"hostPort": 1, "containerPort": 2}], "bandwidth": {"ingressRate": 5}, "mac": "x"});
+    let out = env.cni_raw(
+        "ADD",
+        &[
+            ("CNI_CONTAINERID", "c-env"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p1"),
+        ],
+        conf.to_string().as_bytes(),
+    );
+    let result = out.ok().json();
+    assert_eq!(result["cniVersion"], "1.1.0");
+    assert_eq!(result["ips"][0]["address"], "10.9.0.2/24");
+
+    let r = env.records();
+    assert_eq!(r.len(), 3);
+    let (c0, c1, x) = (&r[0], &r[1], &r[2]);
+    for rec in [c0, c1, x] {
+        assert_eq!(rec["containerID"], "c-env");
+        assert_eq!(rec["netns"], env.netns_path());
+        assert_eq!(
+            rec["args"],
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p1"
+        );
+        assert_eq!(
+            rec["path"],
+            format!("{}:{}", env.bin_dir().display(), env.plugins.display())
+        );
+    }
+    assert_eq!(
+        (
+            c0["ifname"].as_str(),
+            c1["ifname"].as_str(),
+            x["ifname"].as_str()
+        ),
+        (Some("eth0"), Some("eth0"), Some("net1"))
+    );
+    // name and cniVersion injected; unknown keys passed through untouched.
+    assert_eq!(c0["config"]["name"], "cluster");
+    assert_eq!(c0["config"]["cniVersion"], "1.0.0");
+    assert_eq!(c0["config"]["custom"], json!({"kept": [1, 2]}));
+    assert_eq!(x["config"]["cniVersion"], "0.4.0");
+    // runtimeConfig is each plugin's declared capabilities ∩ the runtime's args, cluster only.
+    assert_eq!(
+        c0["config"]["runtimeConfig"],
+        json!({"portMappings": [{"hostPort": 1, "containerPort": 2}]})
+    );
+    assert_eq!(
+        c1["config"]["runtimeConfig"],
+        json!({"bandwidth": {"ingressRate": 5}})
+    );
+    assert!(x["config"].get("runtimeConfig").is_none());
+    // prevResult: none for the first plugin, the first's result (in the network's version) next.
+    assert!(c0["config"].get("prevResult").is_none());
+    assert_eq!(c1["config"]["prevResult"]["cniVersion"], "1.0.0");
+    assert_eq!(
+        c1["config"]["prevResult"]["ips"][0]["address"],
+        "10.9.0.2/24"
+    );
+    assert!(
+        x["config"].get("prevResult").is_none(),
+        "extra networks start their own chain"
+    );
+
+    // DEL: networks in reverse, plugins in reverse, each with its network's cached result.
+    env.cni_raw(
+        "DEL",
+        &[("CNI_CONTAINERID", "c-env"), ("CNI_IFNAME", "eth0")],
+        conf.to_string().as_bytes(),
+    )
+    .ok();
+    let r = env.records();
+    let dels = by(&r, "DEL");
+    let order: Vec<(String, bool)> = dels
+        .iter()
+        .map(|d| {
+            (
+                d["ifname"].as_str().unwrap().to_string(),
+                d["config"]["capabilities"].get("bandwidth").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("net1".into(), false),
+            ("eth0".into(), true),
+            ("eth0".into(), false)
+        ]
+    );
+    assert_eq!(
+        dels[0]["config"]["prevResult"]["ips"][0]["address"],
+        "10.8.0.2/24"
+    );
+    assert_eq!(dels[0]["config"]["prevResult"]["cniVersion"], "0.4.0");
+    assert_eq!(
+        dels[1]["config"]["prevResult"]["ips"][0]["address"],
+        "10.9.0.2/24"
+    );
+    assert_eq!(
+        dels[2]["config"]["runtimeConfig"],
+        json!({"portMappings": [{"hostPort": 1, "containerPort": 2}]}),
+        "DEL gets the same runtimeConfig"
+    );
+    assert!(env.cache_files().is_empty());
+}
+
+#[test]
+fn delegate_answer_converted_to_the_runtimes_version() {
+    let env = TestEnv::new("conv");
+    // The delegate's config says 1.0.0 but it answers in 0.2.0; plexus reads that and prints 0.4.0.
+    let net = rec_net(
+        &env,
+        "cluster",
+        "1.0.0",
+        vec![json!({"type": "test-record", "answerVersion": "0.2.0", "address": "10.7.0.9/16"})],
+    );
+    let r = env
+        .cni(
+            "ADD",
+            "c-conv",
+            "eth0",
+            &env.plexus_conf("0.4.0", vec![net.clone()]),
+        )
+        .ok()
+        .json();
+    assert_eq!(
+        r,
+        json!({"cniVersion": "0.4.0", "ips": [{"version": "4", "address": "10.7.0.9/16"}], "dns": {}})
+    );
+    env.cni(
+        "DEL",
+        "c-conv",
+        "eth0",
+        &env.plexus_conf("0.4.0", vec![net]),
+    )
+    .ok();
+}
+
+#[test]
+fn plexus_own_prev_result_feeds_the_cluster_network() {
+    let env = TestEnv::new("prev");
+    let net = rec_net(
+        &env,
+        "cluster",
+        "1.1.0",
+        vec![json!({"type": "test-record"})],
+    );
+    let mut conf = env.plexus_conf("1.1.0", vec![net]);
+    let prev = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}], "ips": [{"address": "10.6.0.1/24", "interface": 0}], "dns": {}});
+    conf["prevResult"] = prev.clone();
+    let r = env.cni("ADD", "c-prev", "eth0", &conf).ok().json();
+    assert_eq!(
+        r, prev,
+        "the pass-through delegate returned what plexus was given"
+    );
+    assert_eq!(env.records()[0]["config"]["prevResult"], prev);
+    env.cni("DEL", "c-prev", "eth0", &conf).ok();
+}
+
+#[test]
+fn hanging_delegate_is_killed_at_the_deadline_and_rolled_back() {
+    let env = TestEnv::new("hang");
+    let cluster = rec_net(
+        &env,
+        "cluster",
+        "1.0.0",
+        vec![json!({"type": "test-record"})],
+    );
+    let hang = rec_net(&env, "slow", "1.0.0", vec![json!({"type": "test-hang"})]);
+    let mut conf = env.plexus_conf("1.1.0", vec![cluster, hang]);
+    conf["delegateTimeoutSeconds"] = json!(1);
+    let t = Instant::now();
+    let msg = env.cni("ADD", "c-hang", "eth0", &conf).err(101);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        msg.contains("network \"slow\"")
+            && msg.contains("test-hang")
+            && msg.contains("did not finish"),
+        "{msg}"
+    );
+    let verbs: Vec<(String, String)> = env
+        .records()
+        .iter()
+        .map(|r| {
+            (
+                r["command"].as_str().unwrap().into(),
+                r["ifname"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verbs,
+        [
+            ("ADD".into(), "eth0".into()),
+            ("ADD".into(), "net1".into()),
+            ("DEL".into(), "net1".into()),
+            ("DEL".into(), "eth0".into())
+        ]
+    );
+    assert!(env.cache_files().is_empty());
+    let alive = std::process::Command::new("pgrep")
+        .args(["-f", "test-hang"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&alive.stdout).trim().is_empty() || !env.node_links().is_empty(),
+        "hung delegate survived"
+    );
+}
+
+#[test]
+fn failing_del_is_retried_then_given_up_so_the_pod_is_not_stranded() {
+    let env = TestEnv::new("delfail");
+    let cluster = rec_net(
+        &env,
+        "cluster",
+        "1.0.0",
+        vec![json!({"type": "test-record"})],
+    );
+    let bad = rec_net(
+        &env,
+        "bad",
+        "1.0.0",
+        vec![json!({"type": "test-fail", "failOn": ["DEL"], "failCode": 11})],
+    );
+    let conf = env.plexus_conf("1.1.0", vec![cluster, bad]);
+    env.cni("ADD", "c-df", "eth0", &conf).ok();
+    // The failing network is reported; the other one is DELeted and not retried.
+    for _ in 1..5 {
+        let msg = env.cni("DEL", "c-df", "eth0", &conf).err(11);
+        assert!(msg.contains("DEL network \"bad\""), "{msg}");
+    }
+    let eth0_dels = env
+        .records()
+        .iter()
+        .filter(|r| r["command"] == "DEL" && r["ifname"] == "eth0")
+        .count();
+    assert_eq!(eth0_dels, 1);
+    // The fifth failure gives up: DEL succeeds so the pod can go, and the cache is gone.
+    env.cni("DEL", "c-df", "eth0", &conf).ok();
+    assert!(env.cache_files().is_empty());
+    env.cni("DEL", "c-df", "eth0", &conf).ok();
+}
+
+#[test]
+fn check_reaches_every_attachment() {
+    let env = TestEnv::new("check");
+    let nets = vec![
+        rec_net(
+            &env,
+            "cluster",
+            "1.0.0",
+            vec![
+                json!({"type": "test-record"}),
+                json!({"type": "test-record"}),
+            ],
+        ),
+        rec_net(&env, "a", "0.4.0", vec![json!({"type": "test-record"})]),
+        rec_net(&env, "old", "0.3.1", vec![json!({"type": "test-record"})]),
+        {
+            let mut n = rec_net(
+                &env,
+                "nocheck",
+                "1.0.0",
+                vec![json!({"type": "test-record"})],
+            );
+            n["disableCheck"] = json!(true);
+            n
+        },
+        rec_net(
+            &env,
+            "b",
+            "1.1.0",
+            vec![json!({"type": "test-fail", "failOn": []})],
+        ),
+    ];
+    let conf = env.plexus_conf("1.1.0", nets);
+    env.cni("ADD", "c-chk", "eth0", &conf).ok();
+    env.cni("CHECK", "c-chk", "eth0", &conf).ok();
+    let r = env.records();
+    let checks: Vec<(&str, &str)> = by(&r, "CHECK")
+        .iter()
+        .map(|c| {
+            (
+                c["config"]["name"].as_str().unwrap(),
+                c["ifname"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // 0.3.1 cannot be CHECKed and disableCheck is honoured; everything else is, in order.
+    assert_eq!(
+        checks,
+        [
+            ("cluster", "eth0"),
+            ("cluster", "eth0"),
+            ("a", "net1"),
+            ("b", "net4")
+        ]
+    );
+    for c in by(&r, "CHECK") {
+        assert!(
+            c["config"]["prevResult"].is_object(),
+            "CHECK without prevResult: {c}"
+        );
+    }
+    // A failing CHECK on the last attachment is reported with its name.
+    let mut failing = conf.clone();
+    failing["delegates"][4]["plugins"][0]["failOn"] = json!(["CHECK"]);
+    // CHECK uses the cached config, so re-ADD with the failing one.
+    env.cni("DEL", "c-chk", "eth0", &conf).ok();
+    env.cni("ADD", "c-chk", "eth0", &failing).ok();
+    let msg = env.cni("CHECK", "c-chk", "eth0", &failing).err(7);
+    assert!(
+        msg.contains("CHECK network \"b\"") && msg.contains("net4"),
+        "{msg}"
+    );
+    env.cni("DEL", "c-chk", "eth0", &failing).ok();
+    // CHECK before ADD / after DEL: unknown container.
+    env.cni("CHECK", "c-chk", "eth0", &conf).err(3);
+}
+
+#[test]
+fn status_waits_for_readiness_and_asks_1_1_delegates() {
+    let env = TestEnv::new("status");
+    let ready = env.path().join("ready");
+    let nets = vec![
+        rec_net(
+            &env,
+            "cluster",
+            "1.1.0",
+            vec![json!({"type": "test-record"})],
+        ),
+        rec_net(&env, "older", "1.0.0", vec![json!({"type": "test-record"})]),
+    ];
+    let mut conf = env.plexus_conf("1.1.0", nets);
+    conf["readinessindicatorfile"] = json!(ready);
+    let status = |c: &Value| env.cni_raw("STATUS", &[], c.to_string().as_bytes());
+    let msg = status(&conf).err(50);
+    assert!(msg.contains(&ready.display().to_string()), "{msg}");
+    std::fs::write(&ready, "").unwrap();
+    status(&conf).ok();
+    let r = env.records();
+    let asked: Vec<&str> = by(&r, "STATUS")
+        .iter()
+        .map(|s| s["config"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        asked,
+        ["cluster"],
+        "only delegates that speak 1.1.0 get STATUS"
+    );
+    // A delegate's STATUS error is ours.
+    conf["delegates"][0]["plugins"][0]["type"] = json!("test-fail");
+    conf["delegates"][0]["plugins"][0]["failOn"] = json!(["STATUS"]);
+    conf["delegates"][0]["plugins"][0]["failCode"] = json!(50);
+    let msg = status(&conf).err(50);
+    assert!(msg.contains("STATUS network \"cluster\""), "{msg}");
+    // STATUS needs a 1.1.0 config.
+    conf["cniVersion"] = json!("1.0.0");
+    status(&conf).err(1);
+    // ADD waits for readiness, then fails with "try again later".
+    std::fs::remove_file(&ready).unwrap();
+    conf["cniVersion"] = json!("1.1.0");
+    conf["readinessTimeoutSeconds"] = json!(0.3);
+    env.cni("ADD", "c-st", "eth0", &conf).err(11);
+    assert!(env.cache_files().is_empty());
+}
+
+#[test]
+fn gc_removes_what_is_no_longer_valid_and_forwards_to_1_1_delegates() {
+    let env = TestEnv::new("gc");
+    let mut ipam = env.host_local("cluster", "10.243.0.0/24");
+    ipam["routes"] = json!([]);
+    let nets = vec![
+        json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "bridge", "bridge": "plxgc0", "ipam": ipam}]}),
+        rec_net(&env, "side", "1.1.0", vec![json!({"type": "test-record"})]),
+    ];
+    let conf = env.plexus_conf("1.1.0", nets);
+    // Two pods; the second one's netns is a separate namespace.
+    env.cni("ADD", "c-keep", "eth0", &conf).ok();
+    let other = TestEnv::new("gc2");
+    let out = env.cni_raw(
+        "ADD",
+        &[
+            ("CNI_CONTAINERID", "c-stale"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", &other.netns_path()),
+        ],
+        conf.to_string().as_bytes(),
+    );
+    out.ok();
+    assert_eq!(env.reservations("cluster").len(), 2);
+    assert_eq!(
+        other.pod_links().len(),
+        2,
+        "lo and eth0 (test-record makes no link)"
+    );
+
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c-keep", "ifname": "eth0"}]);
+    env.cni_raw("GC", &[], gc.to_string().as_bytes()).ok();
+    // The stale pod's attachments are gone: links, IP reservation, cache.
+    assert_eq!(other.pod_links(), ["lo"]);
+    assert_eq!(env.reservations("cluster").len(), 1);
+    assert_eq!(env.cache_files().len(), 1);
+    let mut pod_links = env.pod_links();
+    pod_links.sort();
+    assert_eq!(pod_links, ["eth0", "lo"], "the valid pod was not touched");
+    let r = env.records();
+    let del: Vec<&str> = by(&r, "DEL")
+        .iter()
+        .map(|d| d["containerID"].as_str().unwrap())
+        .collect();
+    assert_eq!(del, ["c-stale"]);
+    // GC went to the 1.1.0 network with its still-valid attachments, translated to its ifnames.
+    let gcs = by(&r, "GC");
+    assert_eq!(gcs.len(), 1);
+    assert_eq!(
+        gcs[0]["config"]["cni.dev/valid-attachments"],
+        json!([{"containerID": "c-keep", "ifname": "net1"}])
+    );
+    // GC without the list is refused rather than treated as "nothing is valid".
+    env.cni_raw("GC", &[], conf.to_string().as_bytes()).err(7);
+    env.cni("DEL", "c-keep", "eth0", &conf).ok();
+    env.assert_clean(&["plxgc0"]);
+}
+
+/// Every bad input: a CNI error with the right code on stdout, nothing left behind, and the
+/// runtime's DEL that follows exits 0.
+#[test]
+fn bad_input_is_refused_cleanly_and_del_after_it_succeeds() {
+    let env = TestEnv::new("bad");
+    let good_net = rec_net(
+        &env,
+        "cluster",
+        "1.0.0",
+        vec![json!({"type": "test-record"})],
+    );
+    let good = env.plexus_conf("1.1.0", vec![good_net.clone()]);
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c.to_string().into_bytes()
+    };
+    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u64, &str)> = vec![
+        (
+            "missing env",
+            vec![],
+            good.to_string().into_bytes(),
+            4,
+            "CNI_CONTAINERID,CNI_IFNAME",
+        ),
+        (
+            "bad ifname",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "a/b")],
+            good.to_string().into_bytes(),
+            4,
+            "a/b",
+        ),
+        (
+            "long ifname",
+            vec![
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "abcdefghijklmnop"),
+            ],
+            good.to_string().into_bytes(),
+            4,
+            "15 bytes",
+        ),
+        (
+            "dot ifname",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "..")],
+            good.to_string().into_bytes(),
+            4,
+            "..",
+        ),
+        (
+            "bad container id",
+            vec![("CNI_CONTAINERID", "../../etc"), ("CNI_IFNAME", "eth0")],
+            good.to_string().into_bytes(),
+            4,
+            "CNI_CONTAINERID",
+        ),
+        (
+            "bad CNI_ARGS",
+            vec![
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", "garbage"),
+            ],
+            good.to_string().into_bytes(),
+            4,
+            "garbage",
+        ),
+        (
+            "not json",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            b"{not json".to_vec(),
+            6,
+            "cannot parse",
+        ),
+        (
+            "empty stdin",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            vec![],
+            6,
+            "cannot parse",
+        ),
+        (
+            "future version",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["cniVersion"] = json!("2.0.0")),
+            1,
+            "incompatible",
+        ),
+        (
+            "no networks",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["delegates"] = json!([])),
+            7,
+            "at least one",
+        ),
+        (
+            "path type",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["delegates"][0]["plugins"][0]["type"] = json!("/bin/sh")),
+            7,
+            "bare file name",
+        ),
+        (
+            "traversal type",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["delegates"][0]["plugins"][0]["type"] = json!("../x")),
+            7,
+            "bare file name",
+        ),
+        (
+            "option type",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["delegates"][0]["plugins"][0]["type"] = json!("-x")),
+            7,
+            "bare file name",
+        ),
+        (
+            "missing plugin",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["delegates"][0]["plugins"][0]["type"] = json!("nope")),
+            102,
+            "\"nope\"",
+        ),
+        (
+            "bad network name",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["delegates"][0]["name"] = json!("a b")),
+            7,
+            "network name",
+        ),
+        (
+            "garbage result",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| c["delegates"][0]["plugins"][0]["garbage"] = json!(true)),
+            103,
+            "cannot decode",
+        ),
+        (
+            "legacy without ips",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")],
+            with(&|c| {
+                c["cniVersion"] = json!("0.2.0");
+                c["prevResult"] = json!({"cniVersion":"0.2.0","ip4":{"ip":"10.0.0.1/8"}});
+                c["delegates"][0]["plugins"][0]["garbage"] = json!(false);
+                c["delegates"][0]["cniVersion"] = json!("1.0.0");
+                c["delegates"][0]["plugins"][0]["answerVersion"] = json!("1.0.0");
+                c["delegates"][0]["plugins"][0]["address"] = json!("10.0.0.1/8");
+            }),
+            0,
+            "",
+        ),
+        (
+            "ifname clash",
+            vec![("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "net1")],
+            with(&|c| c["delegates"] = json!([good_net.clone(), good_net.clone()])),
+            7,
+            "net1",
+        ),
+    ];
+    for (what, vars, stdin, code, needle) in cases {
+        let out = env.cni_raw("ADD", &vars, &stdin);
+        if code == 0 {
+            out.ok();
+            env.cni_raw("DEL", &vars, &stdin).ok();
+            continue;
+        }
+        let msg = out.err(code);
+        assert!(
+            msg.contains(needle)
+                || out.json()["details"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(needle),
+            "{what}: {msg}"
+        );
+        assert!(out.stderr.len() < 100_000, "{what}: runaway logs");
+        assert_eq!(env.pod_links(), ["lo"], "{what}");
+        assert!(
+            env.cache_files().is_empty(),
+            "{what}: {:?}",
+            env.cache_files()
+        );
+        // The runtime's DEL that follows any failed ADD: exit 0, however bad the input was.
+        if vars.iter().any(|(k, _)| *k == "CNI_CONTAINERID") {
+            env.cni_raw("DEL", &vars, &stdin).ok();
+        }
+    }
+    // Only inputs that got as far as running a delegate led to a DEL, always for container c1.
+    assert!(env.records().iter().all(|r| r["containerID"] == "c1"));
+}
+
+#[test]
+fn version_verb_and_errors_speak_the_config_version() {
+    let env = TestEnv::new("ver");
+    let v = env
+        .cni_raw("VERSION", &[], br#"{"cniVersion":"0.4.0"}"#)
+        .ok()
+        .json();
+    assert_eq!(
+        v,
+        json!({"cniVersion": "0.4.0", "supportedVersions": ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
+    );
+    let v = env.cni_raw("VERSION", &[], b"").ok().json();
+    assert_eq!(v["cniVersion"], "1.1.0");
+    let e = env.cni_raw("ADD", &[], br#"{"cniVersion":"0.3.1"}"#);
+    e.err(4);
+    assert_eq!(e.json()["cniVersion"], "0.3.1");
+    let e = env.cni_raw("FROB", &[], b"{}");
+    e.err(4);
+}
