@@ -1,0 +1,169 @@
+//! A real runtime: containerd 1.6 `ctr run --cni` with plexus as the network. The container must
+//! get eth0 (cluster network) and net1 (macvlan), and when it exits nothing may be left.
+//!
+//! ctr reads /etc/cni/net.d and /opt/cni/bin; the test bind-mounts its own directories over them
+//! inside the node netns's private mount namespace, so the host's are never touched.
+
+mod common;
+
+use common::{plexus_bin, sh, TestEnv};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Containerd(Child);
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn which(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
+    let env = TestEnv::new("ctr");
+    for bin in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
+        assert!(
+            which(bin),
+            "{bin} not installed: scripts/test installs containerd and runc"
+        );
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("busybox-static not installed");
+    let t = env.path();
+
+    // A busybox rootfs; no image registry is needed.
+    let rootfs = t.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for tool in ["sh", "ip", "cat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+
+    // A private containerd.
+    let cfg = t.join("containerd.toml");
+    std::fs::write(
+        &cfg,
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    )
+    .unwrap();
+    let sock = t.join("containerd.sock");
+    let log = std::fs::File::create(t.join("containerd.log")).unwrap();
+    let _daemon = Containerd(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--address")
+            .arg(&sock)
+            .arg("--root")
+            .arg(t.join("root"))
+            .arg("--state")
+            .arg(t.join("state"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "containerd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // /opt/cni/bin as ctr will see it: plexus and the reference plugins.
+    let bin = t.join("cni-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(plexus_bin(), bin.join("plexus")).unwrap();
+    for p in std::fs::read_dir(&env.plugins).unwrap() {
+        let p = p.unwrap().path();
+        std::os::unix::fs::symlink(&p, bin.join(p.file_name().unwrap())).unwrap();
+    }
+    env.node_veth("ctrm0", "ctrm1");
+    let mut cluster_ipam = env.host_local("cluster", "10.246.0.0/24");
+    cluster_ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    let conflist = json!({"cniVersion": "1.0.0", "name": "plexus-ctr", "plugins": [{
+    "type": "plexus", "cniDir": env.cni_dir(), "binDir": "/opt/cni/bin", "logLevel": "info",
+    "delegates": [
+        {"cniVersion": "1.0.0", "name": "cluster", "plugins": [
+            {"type": "bridge", "bridge": "plxctr0", "isGateway": true, "ipam": cluster_ipam}]},
+        {"cniVersion": "1.0.0", "name": "mv", "type": "macvlan", "master": "ctrm0",
+         "ipam": env.host_local("mv", "10.247.0.0/24")}
+    ]}]});
+    let netd = t.join("net.d");
+    std::fs::create_dir_all(&netd).unwrap();
+    std::fs::write(netd.join("10-plexus.conflist"), conflist.to_string()).unwrap();
+    // Mount points must exist; creating empty directories is all this does to the host.
+    std::fs::create_dir_all("/etc/cni/net.d").unwrap();
+    std::fs::create_dir_all("/opt/cni/bin").unwrap();
+
+    let script = format!(
+        "mount --bind {netd} /etc/cni/net.d && mount --bind {bin} /opt/cni/bin && \
+         exec timeout 120 ctr -a {sock} run --rm --cni --rootfs {rootfs} plexus-e2e-{pid} \
+         /bin/sh -c 'ip -o -4 addr; ip -o link'",
+        netd = netd.display(),
+        bin = bin.display(),
+        sock = sock.display(),
+        rootfs = rootfs.display(),
+        pid = std::process::id()
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &env.node, "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ctr run failed: {stdout}\n{}\ncontainerd log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(t.join("containerd.log")).unwrap_or_default()
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("eth0") && l.contains("inet 10.246.0.")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("net1") && l.contains("inet 10.247.0.")),
+        "{stdout}"
+    );
+
+    // The container has exited and ctr has run DEL: nothing is left.
+    assert!(
+        env.cache_files().is_empty(),
+        "cache left: {:?}",
+        env.cache_files()
+    );
+    assert!(
+        env.reservations("cluster").is_empty() && env.reservations("mv").is_empty(),
+        "IP reservations left"
+    );
+    let mut node = env.node_links();
+    node.retain(|l| !["lo", "plxctr0", "ctrm0", "ctrm1"].contains(&l.as_str()));
+    assert!(node.is_empty(), "node links left: {node:?}");
+    assert!(
+        sh(&["ls", "/etc/cni/net.d"])
+            .lines()
+            .all(|l| l != "10-plexus.conflist"),
+        "host config dir was touched"
+    );
+}
