@@ -16,6 +16,49 @@ use std::time::Duration;
 /// may be left) so that a broken delegate cannot keep a pod from being deleted forever.
 pub const MAX_DEL_ATTEMPTS: u32 = 5;
 
+/// What a network's plugins are called with besides the runtime's env: capability args (each
+/// plugin sees those it declares), `args.cni` additions, and extra top-level keys (GC's list).
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub capability_args: Map<String, Value>,
+    pub cni_args: Map<String, Value>,
+    pub extra: Map<String, Value>,
+}
+
+/// Anything that carries an attachment's per-plugin inputs: a planned or a cached attachment.
+pub trait HasInputs {
+    fn capability_args(&self) -> &Map<String, Value>;
+    fn cni_args(&self) -> &Map<String, Value>;
+}
+
+impl HasInputs for Attachment {
+    fn capability_args(&self) -> &Map<String, Value> {
+        &self.capability_args
+    }
+    fn cni_args(&self) -> &Map<String, Value> {
+        &self.cni_args
+    }
+}
+
+impl HasInputs for CachedAttachment {
+    fn capability_args(&self) -> &Map<String, Value> {
+        &self.capability_args
+    }
+    fn cni_args(&self) -> &Map<String, Value> {
+        &self.cni_args
+    }
+}
+
+impl Inputs {
+    pub fn of(a: &impl HasInputs) -> Inputs {
+        Inputs {
+            capability_args: a.capability_args().clone(),
+            cni_args: a.cni_args().clone(),
+            extra: Map::new(),
+        }
+    }
+}
+
 /// How to reach the delegates for one container.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -91,11 +134,11 @@ impl Chain {
         cmd: Command,
         network: &Network,
         ifname: &str,
-        capability_args: &Map<String, Value>,
-        cni_args: &Map<String, Value>,
+        inputs: &Inputs,
         prev: Option<&CniResult>,
-        extra: &Map<String, Value>,
     ) -> Result<Option<CniResult>, CniError> {
+        let (capability_args, cni_args, extra) =
+            (&inputs.capability_args, &inputs.cni_args, &inputs.extra);
         let version = network.cni_version;
         let mut prev_value = match prev {
             Some(r) => Some(r.to_value(version).map_err(|e| {
@@ -218,10 +261,8 @@ impl Chain {
                 Command::Add,
                 &a.network,
                 &a.ifname,
-                &a.capability_args,
-                &a.cni_args,
+                &Inputs::of(a),
                 first_prev,
-                &Map::new(),
             );
             match outcome {
                 Ok(Some(result)) => {
@@ -299,10 +340,8 @@ impl Chain {
             Command::Del,
             &network,
             &a.ifname,
-            &a.capability_args,
-            &a.cni_args,
+            &Inputs::of(a),
             prev.as_ref(),
-            &Map::new(),
         )
         .map(|_| ())
     }
@@ -347,10 +386,8 @@ impl Chain {
                 Command::Check,
                 &network,
                 &a.ifname,
-                &a.capability_args,
-                &a.cni_args,
+                &Inputs::of(a),
                 Some(&prev),
-                &Map::new(),
             )?;
         }
         Ok(())

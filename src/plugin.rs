@@ -1,14 +1,14 @@
 //! CNI mode: one invocation by the runtime, from `CNI_*` env and stdin to stdout and exit code.
 
 use crate::cache::{Loaded, Record, ResultCache, KIND};
-use crate::chain::{join_errors, Chain, MAX_DEL_ATTEMPTS};
+use crate::chain::{join_errors, Chain, Inputs, MAX_DEL_ATTEMPTS};
 use crate::cni::error::{CniError, Code};
 use crate::cni::request::{delegate_args, validate_container_id, validate_ifname, MAX_STDIN};
 use crate::cni::version::SUPPORTED;
 use crate::cni::{CniResult, Command, Request, Version};
 use crate::config::{NetConf, Network, DEFAULT_CNI_DIR};
 use crate::plan::{plan, Selection};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -328,15 +328,8 @@ fn del_configured(chain: &Chain, conf: &NetConf, ifname: &str) {
         return;
     };
     for a in attachments.iter().rev() {
-        if let Err(e) = chain.run_network(
-            Command::Del,
-            &a.network,
-            &a.ifname,
-            &a.capability_args,
-            &a.cni_args,
-            None,
-            &Map::new(),
-        ) {
+        if let Err(e) = chain.run_network(Command::Del, &a.network, &a.ifname, &Inputs::of(a), None)
+        {
             tracing::warn!("{e}");
         }
     }
@@ -382,15 +375,7 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
     };
     for network in conf.static_networks()? {
         if network.cni_version >= Version::V1_1_0 {
-            chain.run_network(
-                Command::Status,
-                &network,
-                "",
-                &Map::new(),
-                &Map::new(),
-                None,
-                &Map::new(),
-            )?;
+            chain.run_network(Command::Status, &network, "", &Inputs::default(), None)?;
         }
     }
     Ok(())
@@ -482,17 +467,11 @@ fn gc(req: &Request, conf: &NetConf) -> Result<(), CniError> {
                     .map(|a| json!({"containerID": r.container_id, "ifname": a.ifname}))
             })
             .collect();
-        let mut extra = Map::new();
-        extra.insert("cni.dev/valid-attachments".into(), Value::Array(list));
-        if let Err(e) = chain.run_network(
-            Command::Gc,
-            network,
-            "",
-            &Map::new(),
-            &Map::new(),
-            None,
-            &extra,
-        ) {
+        let mut inputs = Inputs::default();
+        inputs
+            .extra
+            .insert("cni.dev/valid-attachments".into(), Value::Array(list));
+        if let Err(e) = chain.run_network(Command::Gc, network, "", &inputs, None) {
             errors.push(e);
         }
     }

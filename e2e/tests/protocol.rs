@@ -493,7 +493,9 @@ fn bad_input_is_refused_cleanly_and_del_after_it_succeeds() {
         f(&mut c);
         c.to_string().into_bytes()
     };
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u64, &str)> = vec![
+    // (what, env, stdin, expected code (0: must succeed), text the error must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "missing env",
             vec![],
