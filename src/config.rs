@@ -41,6 +41,17 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// GC: `cni.dev/valid-attachments` (or the older `cni.dev/attachments`).
     pub valid_attachments: Option<Vec<(String, String)>>,
+    pub kubeconfig: Option<PathBuf>,
+    pub api_connect_timeout: Duration,
+    pub api_timeout: Duration,
+    pub namespace_isolation: bool,
+    /// Namespaces any pod may take networks from when isolation is on (default `["default"]`).
+    pub global_namespaces: Vec<String>,
+    /// Pods here do not get `defaultNetworks`.
+    pub system_namespaces: Vec<String>,
+    /// Where `clusterNetwork`/`defaultNetworks` NADs live, and the default namespace of the
+    /// `v1.multus-cni.io/default-network` annotation.
+    pub multus_namespace: String,
 }
 
 fn get_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
@@ -174,6 +185,40 @@ impl NetConf {
             runtime_config,
             prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
             valid_attachments,
+            kubeconfig: get_str(&obj, "kubeconfig")?
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            api_connect_timeout: get_secs(&obj, "apiConnectTimeoutSeconds", 5.0)?,
+            api_timeout: get_secs(&obj, "apiTimeoutSeconds", 10.0)?,
+            namespace_isolation: get_bool(&obj, "namespaceIsolation", false)?,
+            global_namespaces: match get_str(&obj, "globalNamespaces")? {
+                Some(s) => s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                None => vec!["default".to_string()],
+            },
+            system_namespaces: match obj.get("systemNamespaces") {
+                None | Some(Value::Null) => vec!["kube-system".to_string()],
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_str().map(String::from).ok_or_else(|| {
+                            invalid_config("\"systemNamespaces\" must be a list of strings")
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(_) => {
+                    return Err(invalid_config(
+                        "\"systemNamespaces\" must be a list of strings",
+                    ))
+                }
+            },
+            multus_namespace: get_str(&obj, "multusNamespace")?
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "kube-system".to_string()),
         };
         Ok(conf)
     }

@@ -7,6 +7,8 @@ pub mod chain;
 pub mod cni;
 pub mod config;
 pub mod demo;
+pub mod k8s;
 pub mod logging;
+pub mod netns;
 pub mod plan;
 pub mod plugin;

@@ -20,6 +20,8 @@ enum Cmd {
     /// Make a pod netns, attach a cluster network and two extra networks through plexus with the
     /// real reference plugins, show what the pod got, then tear it all down (needs root).
     Demo(plexus::demo::DemoArgs),
+    /// Print the NetworkAttachmentDefinition CRD (YAML) generated from plexus's type.
+    Crdgen,
 }
 
 fn main() -> ExitCode {
@@ -29,6 +31,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     plexus::logging::init(Some("info"), None, true);
     match cli.command {
+        Cmd::Crdgen => {
+            print!("{}", plexus::k8s::nad::crd_yaml());
+            ExitCode::SUCCESS
+        }
         Cmd::Demo(args) => match plexus::demo::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,11 +1,18 @@
 //! The planner: a pure function from the request, the config and the resolved networks to the
 //! ordered list of attachments. No I/O happens here.
 
-use crate::cni::error::{invalid_config, CniError};
+use crate::cni::error::{invalid_config, CniError, Code};
 use crate::cni::request::validate_ifname;
-use crate::config::Network;
+use crate::config::{find_by_name, resolve_reference, NetConf, Network};
+use crate::k8s::annotations::{parse_networks, parse_short, NetworkSelection};
+use crate::k8s::{
+    annotation, ClusterView, NetworkAttachmentDefinition, DEFAULT_NETWORK_ANNOTATION,
+    MAX_NAD_CONFIG_BYTES, NETWORKS_ANNOTATION,
+};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 /// One network to attach to the pod, under one interface name.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,26 +26,234 @@ pub struct Attachment {
     pub capability_args: Map<String, Value>,
     /// Keys merged into `args.cni` of every plugin of the network.
     pub cni_args: Map<String, Value>,
+    /// The name network-status shows: `namespace/name` for a NAD, else the network's name.
+    pub status_name: String,
+    /// Gateways this attachment should own the default route through (at most one per family).
+    pub default_route: Vec<IpAddr>,
 }
 
-/// An extra network the pod gets, with what was asked for it.
+/// A network the pod gets, with what was asked for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
     pub network: Network,
     pub ifname: Option<String>,
     pub capability_args: Map<String, Value>,
     pub cni_args: Map<String, Value>,
+    pub status_name: String,
+    pub default_route: Vec<IpAddr>,
 }
 
 impl Selection {
     pub fn plain(network: Network) -> Selection {
         Selection {
+            status_name: network.name.clone(),
             network,
             ifname: None,
             capability_args: Map::new(),
             cni_args: Map::new(),
+            default_route: vec![],
         }
     }
+
+    fn from_nad(network: Network, nad_ref: &str, sel: &NetworkSelection) -> Selection {
+        Selection {
+            network,
+            ifname: sel.interface.clone(),
+            capability_args: sel.capability_args(),
+            cni_args: sel.cni_args.clone(),
+            status_name: nad_ref.to_string(),
+            default_route: sel.default_route.clone(),
+        }
+    }
+}
+
+/// The networks of one pod, before interface names are given out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub cluster: Selection,
+    pub extras: Vec<Selection>,
+}
+
+/// Work out which networks a pod gets (I/O only through `view`, which may be in memory):
+/// - no Kubernetes: the configured networks;
+/// - Kubernetes but no pod identity: the cluster network only;
+/// - a pod: its cluster network (or the `v1.multus-cni.io/default-network` one), the
+///   `defaultNetworks` (not for `systemNamespaces`), then each network its annotation selects.
+pub fn resolve(
+    conf: &NetConf,
+    view: Option<&dyn ClusterView>,
+    pod: Option<&Pod>,
+) -> Result<Resolved, CniError> {
+    conf.require_networks()?;
+    let Some(view) = view else {
+        let mut all = conf.static_networks()?.into_iter().map(Selection::plain);
+        let cluster = all.next().expect("at least one");
+        return Ok(Resolved {
+            cluster,
+            extras: all.collect(),
+        });
+    };
+    let Some(pod) = pod else {
+        return Ok(Resolved {
+            cluster: static_cluster(conf, view)?,
+            extras: vec![],
+        });
+    };
+    let pod_ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let pod_name = format!("{pod_ns}/{}", pod.metadata.name.as_deref().unwrap_or(""));
+    // Parse (and bound) what the pod asked for before any API call is made for it.
+    let selections = match annotation(pod, NETWORKS_ANNOTATION) {
+        Some(v) => parse_networks(v)
+            .map_err(|e| e.context(format!("pod {pod_name}: annotation {NETWORKS_ANNOTATION}")))?,
+        None => vec![],
+    };
+    let cluster = match annotation(pod, DEFAULT_NETWORK_ANNOTATION)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(v) => {
+            let sel = parse_short(v).map_err(|e| {
+                e.context(format!(
+                    "pod {pod_name}: annotation {DEFAULT_NETWORK_ANNOTATION}"
+                ))
+            })?;
+            let ns = sel
+                .namespace
+                .clone()
+                .unwrap_or_else(|| conf.multus_namespace.clone());
+            check_isolation(conf, &pod_name, &pod_ns, &ns, &sel.name)?;
+            let (network, nad_ref) = fetch_nad(conf, view, &ns, &sel.name, &pod_name)?;
+            let mut s = Selection::plain(network);
+            s.status_name = nad_ref;
+            s
+        }
+        None => static_cluster(conf, view)?,
+    };
+    let mut extras = Vec::new();
+    if conf.cluster_network.is_some() {
+        if !conf.system_namespaces.contains(&pod_ns) {
+            for n in &conf.default_networks {
+                extras.push(
+                    reference(conf, view, n)
+                        .map_err(|e| e.context(format!("defaultNetworks \"{n}\"")))?,
+                );
+            }
+        }
+    } else {
+        extras.extend(
+            conf.static_networks()?
+                .into_iter()
+                .skip(1)
+                .map(Selection::plain),
+        );
+    }
+    for sel in &selections {
+        let ns = sel.namespace.clone().unwrap_or_else(|| pod_ns.clone());
+        check_isolation(conf, &pod_name, &pod_ns, &ns, &sel.name)?;
+        let (network, nad_ref) = fetch_nad(conf, view, &ns, &sel.name, &pod_name)?;
+        extras.push(Selection::from_nad(network, &nad_ref, sel));
+    }
+    Ok(Resolved { cluster, extras })
+}
+
+fn static_cluster(conf: &NetConf, view: &dyn ClusterView) -> Result<Selection, CniError> {
+    match &conf.cluster_network {
+        Some(r) => {
+            reference(conf, view, r).map_err(|e| e.context(format!("clusterNetwork \"{r}\"")))
+        }
+        None => Ok(Selection::plain(conf.static_networks()?.remove(0))),
+    }
+}
+
+/// A `clusterNetwork`/`defaultNetworks` entry: a path; or a name, looked up first as a NAD in
+/// `multusNamespace`, then in `confDir`.
+fn reference(conf: &NetConf, view: &dyn ClusterView, r: &str) -> Result<Selection, CniError> {
+    if !r.contains('/') {
+        if let Some(nad) = view.nad(&conf.multus_namespace, r)? {
+            let nad_ref = format!("{}/{r}", conf.multus_namespace);
+            let network = nad_network(conf, &nad, &nad_ref)?;
+            let mut s = Selection::plain(network);
+            s.status_name = nad_ref;
+            return Ok(s);
+        }
+    }
+    Ok(Selection::plain(resolve_reference(r, &conf.conf_dir)?))
+}
+
+fn check_isolation(
+    conf: &NetConf,
+    pod_name: &str,
+    pod_ns: &str,
+    target_ns: &str,
+    name: &str,
+) -> Result<(), CniError> {
+    if conf.namespace_isolation
+        && target_ns != pod_ns
+        && !conf.global_namespaces.iter().any(|g| g == target_ns)
+    {
+        return Err(CniError::new(
+            Code::NAMESPACE_ISOLATION,
+            format!(
+                "pod {pod_name} may not use network {target_ns}/{name}: namespaceIsolation allows its own namespace and {:?} only",
+                conf.global_namespaces
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn fetch_nad(
+    conf: &NetConf,
+    view: &dyn ClusterView,
+    ns: &str,
+    name: &str,
+    pod_name: &str,
+) -> Result<(Network, String), CniError> {
+    let nad_ref = format!("{ns}/{name}");
+    let nad = view.nad(ns, name)?.ok_or_else(|| {
+        CniError::new(
+            Code::NAD_NOT_FOUND,
+            format!("pod {pod_name}: NetworkAttachmentDefinition {nad_ref} not found"),
+        )
+    })?;
+    Ok((nad_network(conf, &nad, &nad_ref)?, nad_ref))
+}
+
+/// The network a NAD describes: its `spec.config` (with `name` injected when missing), or, when
+/// that is empty, the file in `confDir` whose network name is the NAD's name.
+pub fn nad_network(
+    conf: &NetConf,
+    nad: &NetworkAttachmentDefinition,
+    nad_ref: &str,
+) -> Result<Network, CniError> {
+    let source = format!("NetworkAttachmentDefinition {nad_ref}");
+    let name = nad.metadata.name.clone().unwrap_or_default();
+    let config = nad.spec.config.trim();
+    if config.is_empty() {
+        return find_by_name(&conf.conf_dir, &name)?.ok_or_else(|| {
+            invalid_config(format!(
+                "{source} has no config and {} has no network named \"{name}\"",
+                conf.conf_dir.display()
+            ))
+        });
+    }
+    if config.len() > MAX_NAD_CONFIG_BYTES {
+        return Err(invalid_config(format!(
+            "{source}: config is {} bytes, more than the {MAX_NAD_CONFIG_BYTES} allowed",
+            config.len()
+        )));
+    }
+    let mut value: Value = serde_json::from_str(config)
+        .map_err(|e| invalid_config(format!("{source}: config is not valid JSON: {e}")))?;
+    if let Value::Object(o) = &mut value {
+        if o.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            o.insert("name".into(), Value::String(name));
+        }
+    }
+    Network::from_value(value, &source)
 }
 
 /// Plan the attachments: the cluster network first under `CNI_IFNAME` with the runtime's
@@ -47,16 +262,18 @@ impl Selection {
 pub fn plan(
     runtime_ifname: &str,
     runtime_config: &Map<String, Value>,
-    cluster: Network,
-    extras: Vec<Selection>,
+    resolved: Resolved,
 ) -> Result<Vec<Attachment>, CniError> {
+    let Resolved { cluster, extras } = resolved;
     let mut out = Vec::with_capacity(extras.len() + 1);
     out.push(Attachment {
-        network: cluster,
+        network: cluster.network,
         ifname: runtime_ifname.to_string(),
         cluster: true,
         capability_args: runtime_config.clone(),
         cni_args: Map::new(),
+        status_name: cluster.status_name,
+        default_route: vec![],
     });
     for (i, sel) in extras.into_iter().enumerate() {
         let position = i + 1;
@@ -75,7 +292,7 @@ pub fn plan(
         let wanted: Vec<&String> = sel.capability_args.keys().collect();
         if let Some(missing) = wanted.iter().find(|k| !declares(&sel.network, k)) {
             return Err(CniError::new(
-                crate::cni::Code::UNSUPPORTED_FIELD,
+                Code::UNSUPPORTED_FIELD,
                 format!(
                     "network \"{}\": \"{missing}\" was requested but no plugin of the network ({}) declares the \"{missing}\" capability",
                     sel.network.name,
@@ -89,7 +306,23 @@ pub fn plan(
             cluster: false,
             capability_args: sel.capability_args,
             cni_args: sel.cni_args,
+            status_name: sel.status_name,
+            default_route: sel.default_route,
         });
+    }
+    for v6 in [false, true] {
+        let owners: Vec<&Attachment> = out
+            .iter()
+            .filter(|a| a.default_route.iter().any(|g| g.is_ipv6() == v6))
+            .collect();
+        if owners.len() > 1 {
+            let names: Vec<&str> = owners.iter().map(|a| a.status_name.as_str()).collect();
+            return Err(invalid_config(format!(
+                "more than one network asks for the IPv{} default route: {}",
+                if v6 { 6 } else { 4 },
+                names.join(", ")
+            )));
+        }
     }
     let mut seen = HashSet::new();
     for a in &out {
@@ -141,6 +374,13 @@ mod tests {
         .unwrap()
     }
 
+    fn res(cluster: Network, extras: Vec<Selection>) -> Resolved {
+        Resolved {
+            cluster: Selection::plain(cluster),
+            extras,
+        }
+    }
+
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
@@ -150,7 +390,7 @@ mod tests {
         let mut a = Selection::plain(net("a", json!({})));
         a.ifname = Some("foo".into());
         let b = Selection::plain(net("b", json!({})));
-        let p = plan("eth0", &Map::new(), net("c", json!({})), vec![a, b]).unwrap();
+        let p = plan("eth0", &Map::new(), res(net("c", json!({})), vec![a, b])).unwrap();
         let names: Vec<&str> = p.iter().map(|a| a.ifname.as_str()).collect();
         assert_eq!(names, ["eth0", "foo", "net2"]);
         assert!(p[0].cluster && !p[1].cluster);
@@ -162,8 +402,10 @@ mod tests {
         let p = plan(
             "eth0",
             &rc,
-            net("c", json!({"portMappings":true})),
-            vec![Selection::plain(net("x", json!({"portMappings":true})))],
+            res(
+                net("c", json!({"portMappings":true})),
+                vec![Selection::plain(net("x", json!({"portMappings":true})))],
+            ),
         )
         .unwrap();
         assert_eq!(p[0].capability_args, rc);
@@ -175,21 +417,23 @@ mod tests {
         let e = plan(
             "net1",
             &Map::new(),
-            net("c", json!({})),
-            vec![Selection::plain(net("x", json!({})))],
+            res(
+                net("c", json!({})),
+                vec![Selection::plain(net("x", json!({})))],
+            ),
         )
         .unwrap_err();
         assert!(e.msg.contains("net1"));
         let mut s = Selection::plain(net("x", json!({})));
         s.ifname = Some("a/b".into());
-        assert!(plan("eth0", &Map::new(), net("c", json!({})), vec![s]).is_err());
+        assert!(plan("eth0", &Map::new(), res(net("c", json!({})), vec![s])).is_err());
     }
 
     #[test]
     fn a_capability_nobody_declares_fails() {
         let mut s = Selection::plain(net("x", json!({"portMappings":true})));
         s.capability_args = obj(json!({"bandwidth":{"ingressRate":1}}));
-        let e = plan("eth0", &Map::new(), net("c", json!({})), vec![s]).unwrap_err();
+        let e = plan("eth0", &Map::new(), res(net("c", json!({})), vec![s])).unwrap_err();
         assert_eq!(e.code, crate::cni::Code::UNSUPPORTED_FIELD);
         assert!(
             e.msg.contains("bandwidth") && e.msg.contains("bridge+portmap"),

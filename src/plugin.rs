@@ -7,7 +7,11 @@ use crate::cni::request::{delegate_args, validate_container_id, validate_ifname,
 use crate::cni::version::SUPPORTED;
 use crate::cni::{CniResult, Command, Request, Version};
 use crate::config::{NetConf, Network, DEFAULT_CNI_DIR};
-use crate::plan::{plan, Selection};
+use crate::k8s::client::ApiView;
+use crate::k8s::status::StatusInput;
+use crate::k8s::{check_uid, ClusterView, PodRef, Reporter};
+use crate::netns::Netlink;
+use crate::plan::{plan, resolve};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -172,20 +176,63 @@ fn add(req: &Request, conf: &NetConf) -> Result<String, CniError> {
         ),
         None => None,
     };
-    let mut networks = conf
-        .static_networks()
-        .map_err(|e| e.context(format!("ADD for {who}")))?
-        .into_iter();
-    let cluster = networks
-        .next()
-        .expect("static_networks returns at least one");
-    let attachments = plan(
-        req.ifname(),
-        &conf.runtime_config,
-        cluster,
-        networks.map(Selection::plain).collect(),
-    )
-    .map_err(|e| e.context(format!("ADD for {who}")))?;
+    // Kubernetes, when configured: who the pod is and what it asked for.
+    let api = ApiView::connect(conf)?;
+    let pod_ref = PodRef::from_request(req);
+    let pod = match (&api, &pod_ref) {
+        (Some(api), Some(r)) => {
+            let pod = api.pod(&r.namespace, &r.name)?.ok_or_else(|| {
+                CniError::new(
+                    Code::POD_NOT_FOUND,
+                    format!("ADD for {who}: pod {r} not found in the API server; nothing attached"),
+                )
+            })?;
+            check_uid(r, &pod).map_err(|e| e.context(format!("ADD for {who}")))?;
+            Some(pod)
+        }
+        _ => None,
+    };
+    let view = api.as_ref().map(|a| a as &dyn ClusterView);
+    let outcome = attach(req, conf, view, pod.as_ref(), prev.as_ref());
+    if let (Some(api), Some(pod)) = (&api, &pod) {
+        match &outcome {
+            Ok(done) => {
+                if let Err(e) = api.set_network_status(pod, &done.status) {
+                    let chain = chain_for(req, conf);
+                    let cache = ResultCache::new(&conf.cni_dir);
+                    let _lock = cache.lock(req.container_id(), req.ifname())?;
+                    let mut record = done.record.clone();
+                    let e = chain.undo(&cache, &mut record, e.context(format!("ADD for {who}")));
+                    api.event(pod, true, "FailedAttach", &e.msg);
+                    return Err(e);
+                }
+                api.event(pod, false, "AddedInterface", &done.summary);
+            }
+            Err(e) => api.event(pod, true, "FailedAttach", &e.msg),
+        }
+    }
+    outcome.map(|done| done.output)
+}
+
+/// What a successful ADD leaves: the printed result, the network-status value, the cache record.
+struct Attached {
+    output: String,
+    status: String,
+    summary: String,
+    record: Record,
+}
+
+fn attach(
+    req: &Request,
+    conf: &NetConf,
+    view: Option<&dyn ClusterView>,
+    pod: Option<&k8s_openapi::api::core::v1::Pod>,
+    prev: Option<&CniResult>,
+) -> Result<Attached, CniError> {
+    let who = req.who();
+    let resolved = resolve(conf, view, pod).map_err(|e| e.context(format!("ADD for {who}")))?;
+    let attachments = plan(req.ifname(), &conf.runtime_config, resolved)
+        .map_err(|e| e.context(format!("ADD for {who}")))?;
 
     let cache = ResultCache::new(&conf.cni_dir);
     let _lock = cache.lock(req.container_id(), req.ifname())?;
@@ -201,6 +248,10 @@ fn add(req: &Request, conf: &NetConf) -> Result<String, CniError> {
             return Err(join_errors(failed.into_iter().map(|(_, e)| e).collect())
                 .context("removing attachments of an earlier ADD"));
         }
+        cache.remove(req.container_id(), req.ifname())?;
+    }
+    if view.is_some() {
+        refuse_taken_names(req, &attachments).map_err(|e| e.context(format!("ADD for {who}")))?;
     }
     let mut record = Record {
         kind: KIND.into(),
@@ -212,15 +263,147 @@ fn add(req: &Request, conf: &NetConf) -> Result<String, CniError> {
         attachments: vec![],
         del_attempts: 0,
     };
-    let result = chain.add(&cache, &mut record, &attachments, prev.as_ref())?;
-    match result.to_json(conf.cni_version) {
-        Ok(out) => Ok(out),
+    chain.add(&cache, &mut record, &attachments, prev)?;
+    let mut finish = || -> Result<Attached, CniError> {
+        let results = apply_default_routes(req, &attachments, &mut record)?;
+        cache.store(&record)?;
+        let output = results[0]
+            .to_json(conf.cni_version)
+            .map_err(|e| e.context("converting the result"))?;
+        let owns_v4 = attachments
+            .iter()
+            .position(|a| a.default_route.iter().any(|g| g.is_ipv4()));
+        let owns_v6 = attachments
+            .iter()
+            .position(|a| a.default_route.iter().any(|g| g.is_ipv6()));
+        let default_owner = owns_v4.or(owns_v6).unwrap_or(0);
+        let inputs: Vec<StatusInput> = attachments
+            .iter()
+            .zip(&results)
+            .enumerate()
+            .map(|(i, (a, r))| StatusInput {
+                name: &a.status_name,
+                ifname: &a.ifname,
+                result: r,
+                default: i == default_owner,
+                gateway: a.default_route.iter().map(ToString::to_string).collect(),
+                device_info: None,
+            })
+            .collect();
+        let status =
+            serde_json::to_string(&crate::k8s::status::build(&inputs)).expect("status serializes");
+        let summary = attachments
+            .iter()
+            .zip(&results)
+            .map(|(a, r)| {
+                let ips: Vec<&str> = r.ips.iter().map(|i| i.address.as_str()).collect();
+                format!("{} {:?} from {}", a.ifname, ips, a.status_name)
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok(Attached {
+            output,
+            status,
+            summary: format!("Added interfaces: {summary}"),
+            record: record.clone(),
+        })
+    };
+    match finish() {
+        Ok(done) => Ok(done),
         Err(e) => Err(chain.undo(
             &cache,
-            &mut record,
-            e.context(format!("ADD for {who}: converting the result")),
+            &mut record.clone(),
+            e.context(format!("ADD for {who}")),
         )),
     }
+}
+
+/// NPWG §4.1.1.2 and the spec: an interface name already present in the pod is an error.
+fn refuse_taken_names(
+    req: &Request,
+    attachments: &[crate::plan::Attachment],
+) -> Result<(), CniError> {
+    let netns = req.netns.as_deref().unwrap_or("");
+    let mut nl = Netlink::open_in(Path::new(netns)).map_err(|e| {
+        CniError::new(
+            Code::INVALID_ENV,
+            format!("cannot open CNI_NETNS {netns}: {e}"),
+        )
+    })?;
+    let links = nl
+        .links()
+        .map_err(|e| CniError::new(Code::IO, format!("listing links in {netns}: {e}")))?;
+    for a in attachments {
+        if links.iter().any(|(_, n)| n == &a.ifname) {
+            return Err(CniError::new(
+                Code::INVALID_CONFIG,
+                format!(
+                    "interface name \"{}\" (network {}) already exists in {netns}",
+                    a.ifname, a.status_name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Move each requested default route to its attachment's interface inside the pod, and make the
+/// cached results (and so the printed result and network-status) say what is really there.
+fn apply_default_routes(
+    req: &Request,
+    attachments: &[crate::plan::Attachment],
+    record: &mut Record,
+) -> Result<Vec<CniResult>, CniError> {
+    let mut results: Vec<CniResult> = record
+        .attachments
+        .iter()
+        .zip(attachments)
+        .map(|(c, a)| {
+            CniResult::from_value(c.result.clone().unwrap_or_default(), a.network.cni_version)
+                .map(|(r, _)| r)
+                .unwrap_or_default()
+        })
+        .collect();
+    let requests: Vec<(usize, std::net::IpAddr)> = attachments
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| a.default_route.iter().map(move |g| (i, *g)))
+        .collect();
+    if requests.is_empty() {
+        return Ok(results);
+    }
+    let netns = req.netns.as_deref().unwrap_or("");
+    let mut nl = Netlink::open_in(Path::new(netns))
+        .map_err(|e| CniError::new(Code::IO, format!("opening {netns}: {e}")))?;
+    for (owner, gw) in requests {
+        let v6 = gw.is_ipv6();
+        let any = if v6 { "::/0" } else { "0.0.0.0/0" };
+        nl.set_default_route(gw, &attachments[owner].ifname)
+            .map_err(|e| {
+                CniError::new(
+                    Code::IO,
+                    format!(
+                        "setting default route via {gw} on {} (network {}): {e}",
+                        attachments[owner].ifname, attachments[owner].status_name
+                    ),
+                )
+            })?;
+        for (i, r) in results.iter_mut().enumerate() {
+            r.routes
+                .retain(|rt| rt.dst != any && rt.dst != "default");
+            if i == owner {
+                r.routes.push(crate::cni::result::Route {
+                    dst: any.to_string(),
+                    gw: Some(gw.to_string()),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    for ((cached, a), r) in record.attachments.iter_mut().zip(attachments).zip(&results) {
+        cached.result = Some(r.to_value(a.network.cni_version)?);
+    }
+    Ok(results)
 }
 
 /// DEL: from the cache, in reverse, best-effort. Succeeds when there is nothing to delete, and
@@ -312,19 +495,10 @@ fn del(req: &Request) -> Result<(), CniError> {
 
 /// Best-effort DEL of the networks the config names, for when the cache cannot tell us.
 fn del_configured(chain: &Chain, conf: &NetConf, ifname: &str) {
-    let Ok(networks) = conf.static_networks() else {
+    let Ok(resolved) = resolve(conf, None, None) else {
         return;
     };
-    let mut networks = networks.into_iter();
-    let Some(cluster) = networks.next() else {
-        return;
-    };
-    let Ok(attachments) = plan(
-        ifname,
-        &conf.runtime_config,
-        cluster,
-        networks.map(Selection::plain).collect(),
-    ) else {
+    let Ok(attachments) = plan(ifname, &conf.runtime_config, resolved) else {
         return;
     };
     for a in attachments.iter().rev() {

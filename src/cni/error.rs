@@ -26,6 +26,16 @@ impl Code {
     pub const DELEGATE_NOT_FOUND: Code = Code(102);
     /// A delegate printed a result plexus cannot use (too large, not JSON, wrong shape).
     pub const DELEGATE_BAD_OUTPUT: Code = Code(103);
+    /// The Kubernetes API refused a request (401, 403, bad request) or answered nonsense.
+    pub const KUBE_API: Code = Code(110);
+    /// The pod named in CNI_ARGS does not exist (after a short retry).
+    pub const POD_NOT_FOUND: Code = Code(111);
+    /// K8S_POD_UID is not the UID of the pod the API has under that name.
+    pub const POD_UID_MISMATCH: Code = Code(112);
+    /// A pod referred to a network in a namespace namespaceIsolation does not allow.
+    pub const NAMESPACE_ISOLATION: Code = Code(113);
+    /// A NetworkAttachmentDefinition the pod asked for does not exist.
+    pub const NAD_NOT_FOUND: Code = Code(114);
 }
 
 /// A CNI error as printed on stdout. `msg` names the container, network and delegate involved.

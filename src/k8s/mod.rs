@@ -1,0 +1,144 @@
+//! Kubernetes: who the pod is, what it asked for, which NADs exist, and reporting back.
+//!
+//! Everything the planner reads comes through [`ClusterView`]; the plugin reads the API directly
+//! ([`client::ApiView`]), tests use [`MemoryView`].
+
+pub mod annotations;
+pub mod client;
+pub mod nad;
+pub mod status;
+
+use crate::cni::error::{CniError, Code};
+use crate::cni::Request;
+use k8s_openapi::api::core::v1::Pod;
+pub use nad::NetworkAttachmentDefinition;
+use std::collections::HashMap;
+
+pub const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
+pub const DEFAULT_NETWORK_ANNOTATION: &str = "v1.multus-cni.io/default-network";
+pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
+pub const CONFIG_SOURCE_ANNOTATION: &str = "kubernetes.io/config.source";
+/// Largest NAD `spec.config` accepted.
+pub const MAX_NAD_CONFIG_BYTES: usize = 256 << 10;
+
+/// The pod a CNI request is for, from `CNI_ARGS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+impl PodRef {
+    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` (both needed), `K8S_POD_UID` if given.
+    pub fn from_request(req: &Request) -> Option<PodRef> {
+        let ns = req.arg("K8S_POD_NAMESPACE").filter(|s| !s.is_empty())?;
+        let name = req.arg("K8S_POD_NAME").filter(|s| !s.is_empty())?;
+        Some(PodRef {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            uid: req
+                .arg("K8S_POD_UID")
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        })
+    }
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the planner reads from the cluster.
+pub trait ClusterView {
+    /// The pod, or `None` if the API says it does not exist.
+    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError>;
+    /// The NAD, or `None` if it does not exist.
+    fn nad(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<NetworkAttachmentDefinition>, CniError>;
+}
+
+/// Where plexus reports what it did: the pod's network-status and Events.
+pub trait Reporter {
+    fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError>;
+    fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str);
+}
+
+pub fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+/// Refuse an ADD whose `K8S_POD_UID` is not the API's pod: the pod was recreated under the same
+/// name. Static (mirror) pods, whose config source is not the API, carry a different UID by design.
+pub fn check_uid(pod_ref: &PodRef, pod: &Pod) -> Result<(), CniError> {
+    let (Some(want), Some(have)) = (pod_ref.uid.as_deref(), pod.metadata.uid.as_deref()) else {
+        return Ok(());
+    };
+    let source = annotation(pod, CONFIG_SOURCE_ANNOTATION);
+    if want == have || source.is_some_and(|s| s != "api") {
+        return Ok(());
+    }
+    Err(CniError::new(
+        Code::POD_UID_MISMATCH,
+        format!("pod {pod_ref}: K8S_POD_UID {want} is not the API's pod UID {have} (the pod was recreated)"),
+    ))
+}
+
+/// An in-memory cluster, for tests and the planner's unit tests.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryView {
+    pub pods: HashMap<(String, String), Pod>,
+    pub nads: HashMap<(String, String), NetworkAttachmentDefinition>,
+}
+
+impl MemoryView {
+    pub fn with_pod(mut self, ns: &str, name: &str, annotations: &[(&str, &str)]) -> Self {
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some(ns.into());
+        pod.metadata.name = Some(name.into());
+        pod.metadata.uid = Some(format!("uid-{name}"));
+        pod.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self.pods.insert((ns.into(), name.into()), pod);
+        self
+    }
+
+    pub fn with_nad(mut self, ns: &str, name: &str, config: &str) -> Self {
+        let mut nad = NetworkAttachmentDefinition::new(
+            name,
+            nad::NetworkAttachmentDefinitionSpec {
+                config: config.into(),
+            },
+        );
+        nad.metadata.namespace = Some(ns.into());
+        self.nads.insert((ns.into(), name.into()), nad);
+        self
+    }
+}
+
+impl ClusterView for MemoryView {
+    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
+        Ok(self.pods.get(&(namespace.into(), name.into())).cloned())
+    }
+    fn nad(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<NetworkAttachmentDefinition>, CniError> {
+        Ok(self.nads.get(&(namespace.into(), name.into())).cloned())
+    }
+}

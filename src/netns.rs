@@ -1,0 +1,204 @@
+//! The little netlink plexus needs inside a pod's network namespace: list links (to refuse an
+//! interface name already taken) and move the default route (NPWG `default-route`).
+//!
+//! A netlink socket belongs to the namespace it was created in. We create it on a short-lived
+//! thread that has entered the pod netns (setns affects only the calling thread), then use it from
+//! anywhere; no thread of ours ever switches back and forth.
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    /// A rtnetlink socket inside the network namespace at `netns` (e.g. `/var/run/netns/x`).
+    pub fn open_in(netns: &Path) -> io::Result<Netlink> {
+        let ns = std::fs::File::open(netns)?;
+        let socket = std::thread::scope(|s| {
+            s.spawn(|| -> io::Result<Socket> {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                let mut socket = Socket::new(NETLINK_ROUTE)?;
+                socket.bind_auto()?;
+                socket.connect(&SocketAddr::new(0, 0))?;
+                Ok(socket)
+            })
+            .join()
+            .map_err(|_| io::Error::other("netns thread panicked"))?
+        })?;
+        Ok(Netlink { socket, seq: 0 })
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq += 1;
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = flags;
+        hdr.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut out = Vec::new();
+        let mut rx = vec![0u8; 64 << 10];
+        loop {
+            let n = self.socket.recv(&mut &mut rx[..], 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let m = <NetlinkMessage<RouteNetlinkMessage>>::deserialize(&rx[offset..n])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = m.header.length as usize;
+                match m.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(_) => Err(e.to_io()),
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(inner) => out.push(inner),
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+            if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK != NLM_F_ACK {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// (index, name) of every link.
+    pub fn links(&mut self) -> io::Result<Vec<(u32, String)>> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => {
+                    let name = l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::IfName(n) => Some(n.clone()),
+                        _ => None,
+                    })?;
+                    Some((l.header.index, name))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|(_, n)| n == name)
+            .map(|(i, _)| i))
+    }
+
+    /// Default routes of the main table for one family.
+    fn default_routes(&mut self, v6: bool) -> io::Result<Vec<RouteMessage>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = family(v6);
+        let msgs = self.request(
+            RouteNetlinkMessage::GetRoute(req),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.destination_prefix_length == 0
+                        && r.header.table == RouteHeader::RT_TABLE_MAIN
+                        && r.header.address_family == family(v6)
+                        && r.header.kind == RouteType::Unicast =>
+                {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Make `gw` via link `ifname` the only default route of its family.
+    pub fn set_default_route(&mut self, gw: IpAddr, ifname: &str) -> io::Result<()> {
+        let v6 = gw.is_ipv6();
+        let index = self
+            .link_index(ifname)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link {ifname}")))?;
+        for r in self.default_routes(v6)? {
+            self.request(RouteNetlinkMessage::DelRoute(r), NLM_F_REQUEST | NLM_F_ACK)?;
+        }
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(v6);
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Boot;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes = vec![
+            RouteAttribute::Gateway(RouteAddress::from(gw)),
+            RouteAttribute::Oif(index),
+        ];
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// `(gateway, ifname)` of each default route of a family, for tests and diagnostics.
+    pub fn default_route_gateways(
+        &mut self,
+        v6: bool,
+    ) -> io::Result<Vec<(Option<IpAddr>, Option<String>)>> {
+        let links = self.links()?;
+        Ok(self
+            .default_routes(v6)?
+            .into_iter()
+            .map(|r| {
+                let gw = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                });
+                let dev = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => {
+                        links.iter().find(|(j, _)| j == i).map(|(_, n)| n.clone())
+                    }
+                    _ => None,
+                });
+                (gw, dev)
+            })
+            .collect())
+    }
+}
+
+fn family(v6: bool) -> AddressFamily {
+    if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    }
+}
