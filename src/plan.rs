@@ -455,3 +455,288 @@ mod tests {
         assert!(runtime_config_for(&obj(json!({"type":"x"})), &args).is_empty());
     }
 }
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use crate::k8s::MemoryView;
+    use serde_json::json;
+
+    fn conf(extra: Value) -> NetConf {
+        let mut base = json!({"cniVersion": "1.1.0", "name": "plexus", "kubeconfig": "/dev/null",
+            "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "type": "bridge"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        NetConf::parse(base.to_string().as_bytes()).unwrap()
+    }
+
+    fn nad_cfg(name: &str, t: &str) -> String {
+        json!({"cniVersion": "1.0.0", "name": name, "type": t, "capabilities": {"ips": true}})
+            .to_string()
+    }
+
+    fn view() -> MemoryView {
+        MemoryView::default()
+            .with_nad("ns1", "mv", &nad_cfg("mv", "macvlan"))
+            .with_nad(
+                "ns1",
+                "nameless",
+                r#"{"cniVersion":"1.0.0","type":"ipvlan"}"#,
+            )
+            .with_nad("default", "shared", &nad_cfg("shared", "bridge"))
+            .with_nad("other", "secret", &nad_cfg("secret", "sriov"))
+            .with_nad(
+                "kube-system",
+                "calico",
+                &nad_cfg("k8s-pod-network", "calico"),
+            )
+            .with_nad("kube-system", "alt-cluster", &nad_cfg("alt", "ptp"))
+    }
+
+    fn pod(v: &MemoryView, ns: &str, ann: &[(&str, &str)]) -> (MemoryView, Pod) {
+        let v = v.clone().with_pod(ns, "p", ann);
+        let p = v.pods[&(ns.to_string(), "p".to_string())].clone();
+        (v, p)
+    }
+
+    fn names(r: &Resolved) -> Vec<String> {
+        std::iter::once(&r.cluster)
+            .chain(&r.extras)
+            .map(|s| s.status_name.clone())
+            .collect()
+    }
+
+    fn ifnames(r: Resolved) -> Vec<String> {
+        plan("eth0", &Map::new(), r)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.ifname)
+            .collect()
+    }
+
+    #[test]
+    fn without_kubernetes_every_configured_delegate() {
+        let mut c = conf(json!({}));
+        c.delegates
+            .push(json!({"cniVersion": "1.0.0", "name": "second", "type": "macvlan"}));
+        let r = resolve(&c, None, None).unwrap();
+        assert_eq!(names(&r), ["cluster", "second"]);
+    }
+
+    #[test]
+    fn without_pod_identity_only_the_cluster_network() {
+        let mut c = conf(json!({}));
+        c.delegates
+            .push(json!({"cniVersion": "1.0.0", "name": "second", "type": "macvlan"}));
+        let v = view();
+        let r = resolve(&c, Some(&v), None).unwrap();
+        assert_eq!(names(&r), ["cluster"]);
+    }
+
+    #[test]
+    fn annotation_networks_in_order_with_multus_interface_names() {
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(
+                crate::k8s::NETWORKS_ANNOTATION,
+                "mv@foo, default/shared, mv",
+            )],
+        );
+        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        assert_eq!(names(&r), ["cluster", "ns1/mv", "default/shared", "ns1/mv"]);
+        assert_eq!(
+            ifnames(r),
+            ["eth0", "foo", "net2", "net3"],
+            "the same NAD twice is two attachments"
+        );
+    }
+
+    #[test]
+    fn nad_without_name_gets_the_nads_name() {
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "nameless")],
+        );
+        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        assert_eq!(r.extras[0].network.name, "nameless");
+    }
+
+    #[test]
+    fn empty_nad_config_comes_from_conf_dir() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("50-x.conf"), nad_cfg("ondisk", "vlan")).unwrap();
+        let v = view().with_nad("ns1", "ondisk", "");
+        let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "ondisk")]);
+        let c = conf(json!({"confDir": d.path()}));
+        let r = resolve(&c, Some(&v), Some(&p)).unwrap();
+        assert_eq!(r.extras[0].network.plugin_type(0), "vlan");
+        let v = view().with_nad("ns1", "nowhere", "");
+        let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "nowhere")]);
+        assert_eq!(
+            resolve(&c, Some(&v), Some(&p)).unwrap_err().code,
+            Code::INVALID_CONFIG
+        );
+    }
+
+    #[test]
+    fn missing_nad_is_named() {
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "mv,ghost")],
+        );
+        let e = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap_err();
+        assert_eq!(e.code, Code::NAD_NOT_FOUND);
+        assert!(
+            e.msg.contains("ns1/ghost") && e.msg.contains("pod ns1/p"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn cluster_and_default_networks_from_nads_then_conf_dir() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("10-a.conflist"),
+            json!({"cniVersion": "1.0.0", "name": "storage", "plugins": [{"type": "macvlan"}]})
+                .to_string(),
+        )
+        .unwrap();
+        let c = conf(
+            json!({"clusterNetwork": "calico", "defaultNetworks": ["storage"], "confDir": d.path()}),
+        );
+        let (v, p) = pod(&view(), "ns1", &[]);
+        let r = resolve(&c, Some(&v), Some(&p)).unwrap();
+        assert_eq!(names(&r), ["kube-system/calico", "storage"]);
+        // System namespaces do not get defaultNetworks.
+        let (v, p) = pod(&view(), "kube-system", &[]);
+        let r = resolve(&c, Some(&v), Some(&p)).unwrap();
+        assert_eq!(names(&r), ["kube-system/calico"]);
+    }
+
+    #[test]
+    fn default_network_annotation_replaces_the_cluster_network() {
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::DEFAULT_NETWORK_ANNOTATION, "alt-cluster")],
+        );
+        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        assert_eq!(names(&r), ["kube-system/alt-cluster"]);
+        assert_eq!(r.cluster.network.plugin_type(0), "ptp");
+    }
+
+    #[test]
+    fn namespace_isolation_covers_every_pod_chosen_reference() {
+        let iso = conf(json!({"namespaceIsolation": true}));
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "other/secret")],
+        );
+        let e = resolve(&iso, Some(&v), Some(&p)).unwrap_err();
+        assert_eq!(e.code, Code::NAMESPACE_ISOLATION);
+        assert!(e.msg.contains("other/secret"), "{}", e.msg);
+        // Off: allowed. Own namespace and "default" (the default global list): allowed.
+        assert!(resolve(&conf(json!({})), Some(&v), Some(&p)).is_ok());
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "mv,default/shared")],
+        );
+        assert!(resolve(&iso, Some(&v), Some(&p)).is_ok());
+        // globalNamespaces replaces the list.
+        let g = conf(json!({"namespaceIsolation": true, "globalNamespaces": "other, x"}));
+        assert_eq!(
+            resolve(&g, Some(&v), Some(&p)).unwrap_err().code,
+            Code::NAMESPACE_ISOLATION
+        );
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "other/secret")],
+        );
+        assert!(resolve(&g, Some(&v), Some(&p)).is_ok());
+        // The default-network annotation too.
+        let (v, p) = pod(
+            &view(),
+            "ns1",
+            &[(
+                crate::k8s::DEFAULT_NETWORK_ANNOTATION,
+                "kube-system/alt-cluster",
+            )],
+        );
+        assert_eq!(
+            resolve(&iso, Some(&v), Some(&p)).unwrap_err().code,
+            Code::NAMESPACE_ISOLATION
+        );
+    }
+
+    #[test]
+    fn per_attachment_requests_and_capabilities() {
+        let ann = r#"[{"name":"mv","ips":["10.1.0.5/24"],"cni-args":{"k":"v"}},{"name":"shared","namespace":"default","mac":"02:00:00:00:00:01"}]"#;
+        let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
+        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        assert_eq!(
+            r.extras[0].capability_args,
+            json!({"ips": ["10.1.0.5/24"]}).as_object().unwrap().clone()
+        );
+        assert_eq!(r.extras[0].cni_args["k"], "v");
+        // "shared" declares only "ips": a mac request it cannot honour fails (NPWG §4.1.2.1.4).
+        let e = plan("eth0", &Map::new(), r).unwrap_err();
+        assert_eq!(e.code, Code::UNSUPPORTED_FIELD);
+        assert!(
+            e.msg.contains("\"mac\"") && e.msg.contains("shared"),
+            "{}",
+            e.msg
+        );
+    }
+
+    #[test]
+    fn one_default_route_per_family() {
+        let ann = r#"[{"name":"mv","default-route":["10.1.0.1"]},{"name":"shared","namespace":"default","default-route":["10.2.0.1","fd00::1"]}]"#;
+        let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
+        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let e = plan("eth0", &Map::new(), r).unwrap_err();
+        assert!(
+            e.msg.contains("IPv4 default route") && e.msg.contains("ns1/mv, default/shared"),
+            "{}",
+            e.msg
+        );
+        let ann = r#"[{"name":"mv","default-route":["10.1.0.1"]},{"name":"shared","namespace":"default","default-route":["fd00::1"]}]"#;
+        let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
+        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        assert!(plan("eth0", &Map::new(), r).is_ok());
+    }
+
+    #[test]
+    fn bad_annotation_fails_before_any_nad_is_read() {
+        struct Counting(MemoryView, std::cell::Cell<u32>);
+        impl ClusterView for Counting {
+            fn pod(&self, ns: &str, n: &str) -> Result<Option<Pod>, CniError> {
+                self.0.pod(ns, n)
+            }
+            fn nad(
+                &self,
+                ns: &str,
+                n: &str,
+            ) -> Result<Option<NetworkAttachmentDefinition>, CniError> {
+                self.1.set(self.1.get() + 1);
+                self.0.nad(ns, n)
+            }
+        }
+        let many = (0..1000)
+            .map(|i| format!("n{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, &many)]);
+        let counting = Counting(v, std::cell::Cell::new(0));
+        let e = resolve(&conf(json!({})), Some(&counting), Some(&p)).unwrap_err();
+        assert!(e.msg.contains("more than"), "{}", e.msg);
+        assert_eq!(counting.1.get(), 0, "no API storm");
+    }
+}

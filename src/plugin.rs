@@ -389,8 +389,7 @@ fn apply_default_routes(
                 )
             })?;
         for (i, r) in results.iter_mut().enumerate() {
-            r.routes
-                .retain(|rt| rt.dst != any && rt.dst != "default");
+            r.routes.retain(|rt| rt.dst != any && rt.dst != "default");
             if i == owner {
                 r.routes.push(crate::cni::result::Route {
                     dst: any.to_string(),

@@ -93,6 +93,30 @@ impl ApiView {
         Ok(Some(ApiView { rt, client, server }))
     }
 
+    /// A view over an existing client (tests use a mock service), on its own runtime.
+    pub fn with_client(
+        rt: tokio::runtime::Runtime,
+        make: impl FnOnce() -> kube::Client,
+    ) -> ApiView {
+        let client = {
+            let _guard = rt.enter();
+            make()
+        };
+        ApiView {
+            rt,
+            client,
+            server: "mock".into(),
+        }
+    }
+
+    /// Run a future on this view's runtime (tests drive mock servers with it).
+    pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        f: F,
+    ) -> tokio::task::JoinHandle<()> {
+        self.rt.spawn(f)
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -240,6 +264,193 @@ fn jiff_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{json, Value};
+    use tower_test::mock::Handle;
+
+    type Mock = Handle<Request<Body>, Response<Body>>;
+
+    fn view() -> (ApiView, Mock) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (
+            ApiView::with_client(rt, move || kube::Client::new(svc, "default")),
+            handle,
+        )
+    }
+
+    fn status(code: u16, reason: &str) -> Response<Body> {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                          "message": format!("{reason} here"), "reason": reason, "code": code});
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    fn ok(v: Value) -> Response<Body> {
+        Response::builder()
+            .status(200)
+            .body(Body::from(serde_json::to_vec(&v).unwrap()))
+            .unwrap()
+    }
+
+    fn pod_json(rv: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns1", "uid": "u1",
+               "resourceVersion": rv, "annotations": {"a": "b"}}})
+    }
+
+    /// Serve `answers` in order, recording "METHOD path" of each request (and PUT bodies).
+    fn serve(
+        view: &ApiView,
+        mut handle: Mock,
+        answers: Vec<Response<Body>>,
+    ) -> std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>> {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
+        view.spawn(async move {
+            for answer in answers {
+                let Some((req, send)) = handle.next_request().await else {
+                    return;
+                };
+                let line = format!("{} {}", req.method(), req.uri().path());
+                let body = req.into_body().collect_bytes().await.unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push((line, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                send.send_response(answer);
+            }
+        });
+        log
+    }
+
+    #[test]
+    fn pod_not_yet_visible_is_retried_briefly() {
+        let (view, handle) = view();
+        let log = serve(
+            &view,
+            handle,
+            vec![
+                status(404, "NotFound"),
+                status(404, "NotFound"),
+                ok(pod_json("5")),
+            ],
+        );
+        let pod = view.pod("ns1", "p").unwrap().unwrap();
+        assert_eq!(pod.metadata.uid.as_deref(), Some("u1"));
+        let calls: Vec<String> = log.lock().unwrap().iter().map(|(l, _)| l.clone()).collect();
+        assert_eq!(calls, vec!["GET /api/v1/namespaces/ns1/pods/p"; 3]);
+    }
+
+    #[test]
+    fn pod_gone_is_none_after_bounded_retries() {
+        let (view, handle) = view();
+        let log = serve(
+            &view,
+            handle,
+            (0..=POD_RETRIES).map(|_| status(404, "NotFound")).collect(),
+        );
+        let t = std::time::Instant::now();
+        assert!(view.pod("ns1", "p").unwrap().is_none());
+        assert_eq!(log.lock().unwrap().len(), POD_RETRIES as usize + 1);
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn nad_path_and_error_codes() {
+        let (view, handle) = view();
+        let nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                         "metadata": {"name": "mv", "namespace": "ns1"}, "spec": {"config": "{}"}});
+        let log = serve(
+            &view,
+            handle,
+            vec![
+                ok(nad),
+                status(404, "NotFound"),
+                status(500, "InternalError"),
+                status(401, "Unauthorized"),
+            ],
+        );
+        assert_eq!(view.nad("ns1", "mv").unwrap().unwrap().spec.config, "{}");
+        assert!(view.nad("ns1", "gone").unwrap().is_none());
+        let e = view.nad("ns1", "x").unwrap_err();
+        assert_eq!(e.code, Code::TRY_AGAIN_LATER);
+        assert!(
+            e.msg.contains("ns1/x") && e.msg.contains("500"),
+            "{}",
+            e.msg
+        );
+        let e = view.nad("ns1", "y").unwrap_err();
+        assert_eq!(e.code, Code::KUBE_API);
+        assert!(e.msg.contains("401"), "{}", e.msg);
+        assert_eq!(
+            log.lock().unwrap()[0].0,
+            "GET /apis/k8s.cni.cncf.io/v1/namespaces/ns1/network-attachment-definitions/mv"
+        );
+    }
+
+    #[test]
+    fn network_status_goes_through_pods_status_with_conflict_retry() {
+        let (view, handle) = view();
+        let log = serve(
+            &view,
+            handle,
+            vec![
+                status(409, "Conflict"),
+                ok(pod_json("7")),
+                ok(pod_json("8")),
+            ],
+        );
+        let pod: Pod = serde_json::from_value(pod_json("5")).unwrap();
+        view.set_network_status(&pod, r#"[{"name":"x"}]"#).unwrap();
+        let log = log.lock().unwrap();
+        let calls: Vec<&str> = log.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            calls,
+            [
+                "PUT /api/v1/namespaces/ns1/pods/p/status",
+                "GET /api/v1/namespaces/ns1/pods/p",
+                "PUT /api/v1/namespaces/ns1/pods/p/status"
+            ]
+        );
+        // The first write carried the resourceVersion read; the retry the fresh one.
+        assert_eq!(log[0].1["metadata"]["resourceVersion"], "5");
+        assert_eq!(log[2].1["metadata"]["resourceVersion"], "7");
+        assert_eq!(
+            log[2].1["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"],
+            r#"[{"name":"x"}]"#
+        );
+        assert_eq!(
+            log[2].1["metadata"]["annotations"]["a"], "b",
+            "other annotations kept"
+        );
+    }
+
+    #[test]
+    fn events_name_the_pod() {
+        let (view, handle) = view();
+        let log = serve(
+            &view,
+            handle,
+            vec![ok(
+                json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"}}),
+            )],
+        );
+        let pod: Pod = serde_json::from_value(pod_json("5")).unwrap();
+        view.event(&pod, false, "AddedInterface", "Added interfaces: net1");
+        let log = log.lock().unwrap();
+        assert_eq!(log[0].0, "POST /api/v1/namespaces/ns1/events");
+        let e = &log[0].1;
+        assert_eq!(e["involvedObject"]["name"], "p");
+        assert_eq!(e["involvedObject"]["uid"], "u1");
+        assert_eq!(e["reason"], "AddedInterface");
+        assert_eq!(e["type"], "Normal");
+        assert_eq!(e["source"]["component"], "plexus");
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {
