@@ -305,3 +305,222 @@ impl Drop for TestEnv {
         }
     }
 }
+
+/// The fixture API server (NOT a real kube-apiserver), running inside a test's node netns so
+/// plexus reaches it on 127.0.0.1; the test drives it over a unix socket.
+pub struct Fixture {
+    child: std::process::Child,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl Fixture {
+    pub fn start(env: &TestEnv) -> Fixture {
+        use std::io::BufRead;
+        let socket = env.path().join("api.sock");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &env.node])
+            .arg(target_dir().join("plexus-fixture-apiserver"))
+            .args(["--listen", "127.0.0.1:0", "--unix"])
+            .arg(&socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("fixture said {line:?}"));
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "fixture socket missing"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let kubeconfig = env.path().join("kubeconfig");
+        let kc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "fixture", "cluster": {"server": format!("http://127.0.0.1:{port}")}}],
+            "users": [{"name": "plexus", "user": {"token": "fixture-token"}}],
+            "contexts": [{"name": "fixture", "context": {"cluster": "fixture", "user": "plexus"}}],
+            "current-context": "fixture"
+        });
+        std::fs::write(&kubeconfig, kc.to_string()).unwrap();
+        Fixture {
+            child,
+            port,
+            socket,
+            kubeconfig,
+        }
+    }
+
+    /// One HTTP/1.1 request over the unix socket. Returns (status, JSON body).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        use std::io::Read;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: fixture\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
+            payload.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        let code: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    pub fn create_pod(&self, ns: &str, name: &str, annotations: Value) -> Value {
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox"}]}});
+        let (code, v) = self.call("POST", &format!("/api/v1/namespaces/{ns}/pods"), Some(&pod));
+        assert_eq!(code, 201, "{v}");
+        v
+    }
+
+    pub fn create_nad(&self, ns: &str, name: &str, config: &Value) {
+        let spec = if config.is_null() {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({"config": config.to_string()})
+        };
+        let nad = serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        let (code, v) = self.call(
+            "POST",
+            &format!("/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions"),
+            Some(&nad),
+        );
+        assert_eq!(code, 201, "{v}");
+    }
+
+    pub fn pod(&self, ns: &str, name: &str) -> Value {
+        self.call("GET", &format!("/api/v1/namespaces/{ns}/pods/{name}"), None)
+            .1
+    }
+
+    /// The pod's network-status annotation, parsed (Null when absent).
+    pub fn network_status(&self, ns: &str, name: &str) -> Value {
+        let pod = self.pod(ns, name);
+        pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"]
+            .as_str()
+            .map(|s| serde_json::from_str(s).unwrap())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn events(&self, ns: &str) -> Vec<Value> {
+        self.call("GET", &format!("/api/v1/namespaces/{ns}/events"), None)
+            .1["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// "METHOD path" of every API request since the last clear.
+    pub fn requests(&self) -> Vec<String> {
+        let (_, v) = self.call("GET", "/fixture/requests", None);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["method"].as_str().unwrap(),
+                    r["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
+    pub fn clear_requests(&self) {
+        self.call("DELETE", "/fixture/requests", None);
+    }
+
+    pub fn fault(&self, f: Value) {
+        self.call("POST", "/fixture/faults", Some(&Value::Array(vec![f])));
+    }
+
+    pub fn clear_faults(&self) {
+        self.call("DELETE", "/fixture/faults", None);
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl TestEnv {
+    /// Run plexus as the kubelet's runtime would for pod `ns/name` (CNI_ARGS with K8S_POD_*).
+    pub fn cni_pod(
+        &self,
+        verb: &str,
+        id: &str,
+        ns: &str,
+        name: &str,
+        uid: Option<&str>,
+        conf: &Value,
+    ) -> Output {
+        let mut args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={id}");
+        if let Some(u) = uid {
+            args.push_str(&format!(";K8S_POD_UID={u}"));
+        }
+        self.cni_raw(
+            verb,
+            &[
+                ("CNI_CONTAINERID", id),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+            ],
+            conf.to_string().as_bytes(),
+        )
+    }
+
+    pub fn pod_mac(&self, ifname: &str) -> String {
+        self.pod_link(ifname)["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}

@@ -1,0 +1,549 @@
+//! plexus inside a "cluster": pods and NetworkAttachmentDefinitions served by the fixture API
+//! server (not a real kube-apiserver), real delegates in real namespaces.
+
+mod common;
+
+use common::{Fixture, TestEnv};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const NETS: &str = "k8s.v1.cni.cncf.io/networks";
+
+struct Cluster {
+    env: TestEnv,
+    api: Fixture,
+    conf: Value,
+}
+
+fn cluster(tag: &str, bridge: &str, subnet: &str) -> Cluster {
+    let env = TestEnv::new(tag);
+    let api = Fixture::start(&env);
+    let mut ipam = env.host_local("cluster", subnet);
+    ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    let mut conf = env.plexus_conf(
+        "1.1.0",
+        vec![json!({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "ipam": ipam}]})],
+    );
+    conf["kubeconfig"] = json!(api.kubeconfig);
+    std::fs::create_dir_all(env.path().join("conf")).unwrap();
+    Cluster { env, api, conf }
+}
+
+fn macvlan_nad(c: &Cluster, name: &str, master: &str, subnet: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "name": name, "type": "macvlan", "master": master, "mode": "bridge",
+           "ipam": c.env.host_local(name, subnet)})
+}
+
+fn status_of<'a>(status: &'a Value, interface: &str) -> &'a Value {
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["interface"] == interface)
+        .unwrap_or_else(|| panic!("no {interface} in {status}"))
+}
+
+#[test]
+fn pod_without_annotation_gets_the_cluster_network_and_a_status() {
+    let c = cluster("k-none", "kbr0", "10.100.0.0/24");
+    c.api.create_pod("default", "web", json!({}));
+    c.api.clear_requests();
+    let r = c
+        .env
+        .cni_pod("ADD", "k-none", "default", "web", None, &c.conf)
+        .ok()
+        .json();
+    assert_eq!(c.env.pod_links().len(), 2, "lo and eth0");
+    // One read (the pod), two writes (network-status, one event).
+    assert_eq!(
+        c.api.requests(),
+        [
+            "GET /api/v1/namespaces/default/pods/web",
+            "PUT /api/v1/namespaces/default/pods/web/status",
+            "POST /api/v1/namespaces/default/events"
+        ]
+    );
+    let status = c.api.network_status("default", "web");
+    assert_eq!(status.as_array().unwrap().len(), 1);
+    let eth0 = status_of(&status, "eth0");
+    assert_eq!(eth0["name"], "cbr0");
+    assert_eq!(eth0["default"], true);
+    assert_eq!(
+        eth0["ips"][0],
+        r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+    );
+    assert_eq!(eth0["mac"], c.env.pod_mac("eth0"));
+    let ev = c.api.events("default");
+    assert_eq!(ev[0]["reason"], "AddedInterface");
+    assert!(ev[0]["message"].as_str().unwrap().contains("eth0"));
+    c.api.clear_requests();
+    c.env
+        .cni_pod("DEL", "k-none", "default", "web", None, &c.conf)
+        .ok();
+    assert!(c.api.requests().is_empty(), "DEL makes no API call");
+    c.env.assert_clean(&["kbr0"]);
+}
+
+#[test]
+fn networks_by_name_and_namespace_at_interface() {
+    let c = cluster("k-two", "kbr1", "10.101.0.0/24");
+    c.env.node_veth("km0", "km1");
+    c.api.create_nad(
+        "default",
+        "mv",
+        &macvlan_nad(&c, "mv", "km0", "10.102.0.0/24"),
+    );
+    c.api.create_nad("other", "p2p", &json!({"cniVersion": "1.0.0", "name": "p2p", "type": "ptp", "ipam": c.env.host_local("p2p", "10.103.0.0/30")}));
+    c.api
+        .create_pod("default", "two", json!({NETS: "mv, other/p2p@p2p0"}));
+    c.api.clear_requests();
+    c.env
+        .cni_pod("ADD", "k-two", "default", "two", None, &c.conf)
+        .ok();
+    let reqs = c.api.requests();
+    assert_eq!(
+        reqs.iter().filter(|r| r.starts_with("GET")).count(),
+        3,
+        "pod + 2 NADs: {reqs:?}"
+    );
+    assert_eq!(
+        reqs.iter().filter(|r| !r.starts_with("GET")).count(),
+        2,
+        "status + event: {reqs:?}"
+    );
+    let mut links = c.env.pod_links();
+    links.sort();
+    assert_eq!(links, ["eth0", "lo", "net1", "p2p0"]);
+    assert_eq!(c.env.pod_addrs("net1"), ["10.102.0.2/24"]);
+    assert_eq!(c.env.pod_addrs("p2p0"), ["10.103.0.2/30"]);
+    assert_eq!(c.env.pod_link("net1")["linkinfo"]["info_kind"], "macvlan");
+    let status = c.api.network_status("default", "two");
+    assert_eq!(status.as_array().unwrap().len(), 3);
+    let net1 = status_of(&status, "net1");
+    assert_eq!(net1["name"], "default/mv");
+    assert_eq!(net1["ips"], json!(["10.102.0.2"]));
+    assert_eq!(net1["mac"], c.env.pod_mac("net1"));
+    assert!(net1.get("default").is_none());
+    assert_eq!(status_of(&status, "p2p0")["name"], "other/p2p");
+    assert_eq!(status_of(&status, "eth0")["default"], true);
+    c.env
+        .cni_pod("DEL", "k-two", "default", "two", None, &c.conf)
+        .ok();
+    c.env.assert_clean(&["kbr1", "km0", "km1"]);
+    for n in ["cluster", "mv", "p2p"] {
+        assert!(c.env.reservations(n).is_empty(), "{n}");
+    }
+}
+
+#[test]
+fn json_selection_with_interface_static_ips_and_mac() {
+    let c = cluster("k-json", "kbr2", "10.104.0.0/24");
+    c.env.node_veth("kj0", "kj1");
+    c.api.create_nad("default", "static-mv", &json!({"cniVersion": "1.0.0", "name": "static-mv", "plugins": [
+        {"type": "macvlan", "master": "kj0", "capabilities": {"ips": true, "mac": true}, "ipam": {"type": "static"}}]}));
+    let ann = json!([{"name": "static-mv", "interface": "data0", "ips": ["10.105.0.7/24"], "mac": "02:11:22:33:44:55"}]);
+    c.api
+        .create_pod("default", "j", json!({NETS: ann.to_string()}));
+    c.env
+        .cni_pod("ADD", "k-json", "default", "j", None, &c.conf)
+        .ok();
+    assert_eq!(c.env.pod_addrs("data0"), ["10.105.0.7/24"]);
+    assert_eq!(c.env.pod_mac("data0"), "02:11:22:33:44:55");
+    let s = status_of(&c.api.network_status("default", "j"), "data0").clone();
+    assert_eq!(
+        (s["ips"].clone(), s["mac"].clone()),
+        (json!(["10.105.0.7"]), json!("02:11:22:33:44:55"))
+    );
+    c.env
+        .cni_pod("DEL", "k-json", "default", "j", None, &c.conf)
+        .ok();
+    c.env.assert_clean(&["kbr2", "kj0", "kj1"]);
+}
+
+#[test]
+fn missing_nad_fails_cleanly_with_an_event() {
+    let c = cluster("k-miss", "kbr3", "10.106.0.0/24");
+    c.api.create_pod("default", "m", json!({NETS: "ghost"}));
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-miss", "default", "m", None, &c.conf)
+        .err(114);
+    assert!(
+        msg.contains("default/ghost") && msg.contains("pod default/m"),
+        "{msg}"
+    );
+    c.env.assert_clean(&[]);
+    assert!(c.env.reservations("cluster").is_empty());
+    let ev = c.api.events("default");
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0]["type"].as_str(), ev[0]["reason"].as_str()),
+        (Some("Warning"), Some("FailedAttach"))
+    );
+    c.env
+        .cni_pod("DEL", "k-miss", "default", "m", None, &c.conf)
+        .ok();
+}
+
+#[test]
+fn nad_without_config_comes_from_conf_dir_and_conflist_with_bandwidth() {
+    let c = cluster("k-bw", "kbr4", "10.107.0.0/24");
+    // An empty NAD: its config is the file in confDir whose network name is the NAD's name.
+    let ondisk = json!({"cniVersion": "1.0.0", "name": "disk-net", "type": "ptp", "ipam": c.env.host_local("disk-net", "10.108.0.0/30")});
+    std::fs::write(c.env.path().join("conf/20-disk.conf"), ondisk.to_string()).unwrap();
+    c.api.create_nad("default", "disk-net", &Value::Null);
+    c.api.create_nad(
+        "default",
+        "shaped",
+        &json!({"cniVersion": "1.0.0", "name": "shaped", "plugins": [
+        {"type": "ptp", "ipam": c.env.host_local("shaped", "10.109.0.0/30")},
+        {"type": "bandwidth", "capabilities": {"bandwidth": true}}]}),
+    );
+    let ann = json!([{"name": "disk-net"}, {"name": "shaped", "bandwidth": {"ingressRate": 800000, "ingressBurst": 80000, "egressRate": 800000, "egressBurst": 80000}}]);
+    c.api
+        .create_pod("default", "bw", json!({NETS: ann.to_string()}));
+    c.env
+        .cni_pod("ADD", "k-bw", "default", "bw", None, &c.conf)
+        .ok();
+    assert_eq!(c.env.pod_addrs("net1"), ["10.108.0.2/30"]);
+    assert_eq!(c.env.pod_addrs("net2"), ["10.109.0.2/30"]);
+    let qd = c.env.node(&["tc", "qdisc", "show"]);
+    assert!(qd.contains("qdisc tbf"), "{qd}");
+    assert!(c.env.node_links().iter().any(|l| l.starts_with("bwp")));
+    c.env
+        .cni_pod("DEL", "k-bw", "default", "bw", None, &c.conf)
+        .ok();
+    c.env.assert_clean(&["kbr4"]);
+    assert!(!c.env.node(&["tc", "qdisc", "show"]).contains("qdisc tbf"));
+}
+
+#[test]
+fn default_route_moves_to_the_requested_network() {
+    let c = cluster("k-dr", "kbr5", "10.110.0.0/24");
+    c.env.node_veth("kd0", "kd1");
+    let mut nad = macvlan_nad(&c, "gw-net", "kd0", "10.111.0.0/24");
+    nad["ipam"]["ranges"][0][0]["gateway"] = json!("10.111.0.1");
+    c.api.create_nad("default", "gw-net", &nad);
+    c.api.create_pod(
+        "default",
+        "dr",
+        json!({NETS: json!([{"name": "gw-net", "default-route": ["10.111.0.1"]}]).to_string()}),
+    );
+    let r = c
+        .env
+        .cni_pod("ADD", "k-dr", "default", "dr", None, &c.conf)
+        .ok()
+        .json();
+    let defaults: Vec<String> = c
+        .env
+        .pod_routes()
+        .into_iter()
+        .filter(|l| l.starts_with("default"))
+        .collect();
+    assert_eq!(
+        defaults,
+        ["default via 10.111.0.1 dev net1"],
+        "{:?}",
+        c.env.pod_routes()
+    );
+    // The printed (cluster) result no longer claims the default route; status agrees.
+    assert!(
+        r["routes"]
+            .as_array()
+            .is_none_or(|rs| rs.iter().all(|x| x["dst"] != "0.0.0.0/0")),
+        "{r}"
+    );
+    let status = c.api.network_status("default", "dr");
+    assert!(status_of(&status, "eth0").get("default").is_none());
+    assert_eq!(status_of(&status, "net1")["default"], true);
+    assert_eq!(status_of(&status, "net1")["gateway"], json!(["10.111.0.1"]));
+    // The cached results agree too: CHECK sees what is there.
+    c.env
+        .cni_pod("CHECK", "k-dr", "default", "dr", None, &c.conf)
+        .ok();
+    c.env
+        .cni_pod("DEL", "k-dr", "default", "dr", None, &c.conf)
+        .ok();
+    c.env.assert_clean(&["kbr5", "kd0", "kd1"]);
+}
+
+#[test]
+fn namespace_isolation_on_and_off() {
+    let mut c = cluster("k-iso", "kbr6", "10.112.0.0/24");
+    c.api.create_nad("private", "p2p", &json!({"cniVersion": "1.0.0", "name": "p2p", "type": "ptp", "ipam": c.env.host_local("p2p", "10.113.0.0/30")}));
+    c.api
+        .create_pod("tenant", "x", json!({NETS: "private/p2p"}));
+    c.conf["namespaceIsolation"] = json!(true);
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-iso", "tenant", "x", None, &c.conf)
+        .err(113);
+    assert!(msg.contains("private/p2p"), "{msg}");
+    c.env.assert_clean(&[]);
+    c.env
+        .cni_pod("DEL", "k-iso", "tenant", "x", None, &c.conf)
+        .ok();
+    c.conf["namespaceIsolation"] = json!(false);
+    c.env
+        .cni_pod("ADD", "k-iso", "tenant", "x", None, &c.conf)
+        .ok();
+    assert_eq!(c.env.pod_addrs("net1"), ["10.113.0.2/30"]);
+    c.env
+        .cni_pod("DEL", "k-iso", "tenant", "x", None, &c.conf)
+        .ok();
+    c.env.assert_clean(&["kbr6"]);
+}
+
+#[test]
+fn uid_mismatch_is_refused_except_for_static_pods() {
+    let c = cluster("k-uid", "kbr7", "10.114.0.0/24");
+    let pod = c.api.create_pod("default", "u", json!({}));
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-uid", "default", "u", Some("not-the-uid"), &c.conf)
+        .err(112);
+    assert!(msg.contains("not-the-uid") && msg.contains(&uid), "{msg}");
+    c.env.assert_clean(&[]);
+    c.env
+        .cni_pod("DEL", "k-uid", "default", "u", Some("not-the-uid"), &c.conf)
+        .ok();
+    c.env
+        .cni_pod("ADD", "k-uid", "default", "u", Some(&uid), &c.conf)
+        .ok();
+    c.env
+        .cni_pod("DEL", "k-uid", "default", "u", Some(&uid), &c.conf)
+        .ok();
+    // A mirror pod of a static pod: its UID differs from the kubelet's by design.
+    c.api.create_pod(
+        "default",
+        "static",
+        json!({"kubernetes.io/config.source": "file", "kubernetes.io/config.mirror": "x"}),
+    );
+    c.env
+        .cni_pod(
+            "ADD",
+            "k-uid2",
+            "default",
+            "static",
+            Some("kubelet-side-uid"),
+            &c.conf,
+        )
+        .ok();
+    c.env
+        .cni_pod(
+            "DEL",
+            "k-uid2",
+            "default",
+            "static",
+            Some("kubelet-side-uid"),
+            &c.conf,
+        )
+        .ok();
+    c.env.assert_clean(&["kbr7"]);
+}
+
+#[test]
+fn api_down_fails_add_cleanly_and_del_still_works() {
+    let mut c = cluster("k-down", "kbr8", "10.115.0.0/24");
+    c.env.node_veth("kx0", "kx1");
+    c.api.create_nad(
+        "default",
+        "mv",
+        &macvlan_nad(&c, "mv", "kx0", "10.116.0.0/24"),
+    );
+    c.api.create_pod("default", "d", json!({NETS: "mv"}));
+    // 500s from the API: "try again later", nothing attached.
+    c.api.fault(json!({"pathPrefix": "/apis/", "status": 500}));
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-down", "default", "d", None, &c.conf)
+        .err(11);
+    assert!(msg.contains("default/mv") && msg.contains("500"), "{msg}");
+    c.env.assert_clean(&["kx0", "kx1"]);
+    // Slow API: the configured timeout bounds the wait.
+    c.api.clear_faults();
+    c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/d", "method": "GET", "delayMs": 5000}));
+    c.conf["apiTimeoutSeconds"] = json!(1);
+    let t = Instant::now();
+    c.env
+        .cni_pod("ADD", "k-down", "default", "d", None, &c.conf)
+        .err(11);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    c.env.assert_clean(&["kx0", "kx1"]);
+    // 401: refused, with its own code.
+    c.api.clear_faults();
+    c.api
+        .fault(json!({"pathPrefix": "/", "status": 401, "times": 1}));
+    c.env
+        .cni_pod("ADD", "k-down", "default", "d", None, &c.conf)
+        .err(110);
+    // Healthy: attach; then the API goes away entirely and DEL still cleans up from the cache.
+    c.api.clear_faults();
+    c.env
+        .cni_pod("ADD", "k-down", "default", "d", None, &c.conf)
+        .ok();
+    assert_eq!(c.env.pod_links().len(), 3);
+    c.api.stop();
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-down2", "default", "d", None, &c.conf);
+    assert_eq!(
+        msg.json()["code"],
+        11,
+        "connection refused is try-again-later"
+    );
+    c.env
+        .cni_pod("DEL", "k-down", "default", "d", None, &c.conf)
+        .ok();
+    c.env.assert_clean(&["kbr8", "kx0", "kx1"]);
+    assert!(c.env.reservations("mv").is_empty() && c.env.reservations("cluster").is_empty());
+}
+
+#[test]
+fn status_conflicts_are_retried_and_late_pods_waited_for() {
+    let c = cluster("k-409", "kbr9", "10.117.0.0/24");
+    c.api.create_pod("default", "c", json!({}));
+    c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/c/status", "status": 409, "times": 2}));
+    c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/c", "method": "GET", "status": 404, "times": 2}));
+    c.env
+        .cni_pod("ADD", "k-409", "default", "c", None, &c.conf)
+        .ok();
+    assert_eq!(
+        c.api
+            .network_status("default", "c")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    c.env
+        .cni_pod("DEL", "k-409", "default", "c", None, &c.conf)
+        .ok();
+    // A pod that never shows up: a clear error, nothing attached.
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-409b", "default", "nope", None, &c.conf)
+        .err(111);
+    assert!(msg.contains("default/nope"), "{msg}");
+    c.env.assert_clean(&["kbr9"]);
+}
+
+#[test]
+fn no_pod_identity_means_cluster_network_only() {
+    let c = cluster("k-anon", "kbra", "10.118.0.0/24");
+    let mut conf = c.conf.clone();
+    conf["delegates"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"cniVersion": "1.0.0", "name": "never", "type": "test-fail"}));
+    c.env.cni("ADD", "k-anon", "eth0", &conf).ok();
+    assert_eq!(c.env.pod_links().len(), 2);
+    assert!(c.api.requests().is_empty());
+    c.env.cni("DEL", "k-anon", "eth0", &conf).ok();
+    c.env.assert_clean(&["kbra"]);
+}
+
+#[test]
+fn oversized_selection_fails_fast_without_an_api_storm() {
+    let c = cluster("k-cap", "kbrb", "10.119.0.0/24");
+    let many = (0..500)
+        .map(|i| format!("n{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    c.api.create_pod("default", "big", json!({NETS: many}));
+    c.api.clear_requests();
+    let t = Instant::now();
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-cap", "default", "big", None, &c.conf)
+        .err(7);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(msg.contains("more than"), "{msg}");
+    let reqs = c.api.requests();
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.contains("network-attachment-definitions")),
+        "{reqs:?}"
+    );
+    c.env.assert_clean(&[]);
+}
+
+#[test]
+fn requested_interface_already_in_the_pod_is_refused() {
+    let c = cluster("k-dup", "kbrc", "10.120.0.0/24");
+    c.api.create_nad("default", "p2p", &json!({"cniVersion": "1.0.0", "name": "p2p", "type": "ptp", "ipam": c.env.host_local("p2p", "10.121.0.0/30")}));
+    c.env.node(&[
+        "ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1",
+    ]);
+    c.env
+        .node(&["ip", "link", "set", "taken0", "netns", &c.env.pod]);
+    c.api
+        .create_pod("default", "dup", json!({NETS: "p2p@taken0"}));
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-dup", "default", "dup", None, &c.conf)
+        .err(7);
+    assert!(
+        msg.contains("taken0") && msg.contains("already exists"),
+        "{msg}"
+    );
+    let mut links = c.env.pod_links();
+    links.sort();
+    assert_eq!(links, ["lo", "taken0"]);
+    c.api
+        .create_pod("default", "dup2", json!({NETS: "p2p@x,p2p@x"}));
+    c.env
+        .cni_pod("ADD", "k-dup2", "default", "dup2", None, &c.conf)
+        .err(7);
+}
+
+#[test]
+fn rotated_service_account_token_is_picked_up() {
+    let c = cluster("k-tok", "kbrd", "10.122.0.0/24");
+    c.api.create_pod("default", "t", json!({}));
+    let token = c.env.path().join("token");
+    let kc = c.env.path().join("kubeconfig-tokenfile");
+    std::fs::write(&kc, json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "f", "cluster": {"server": format!("http://127.0.0.1:{}", c.api.port)}}],
+        "users": [{"name": "u", "user": {"tokenFile": token}}],
+        "contexts": [{"name": "f", "context": {"cluster": "f", "user": "u"}}], "current-context": "f"}).to_string()).unwrap();
+    let mut conf = c.conf.clone();
+    conf["kubeconfig"] = json!(kc);
+    let set_token = |t: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&c.api.socket).unwrap();
+        use std::io::{Read, Write};
+        write!(s, "PUT /fixture/token HTTP/1.1\r\nHost: f\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{t}", t.len()).unwrap();
+        let mut sink = Vec::new();
+        s.read_to_end(&mut sink).unwrap();
+    };
+    set_token("first-token");
+    std::fs::write(&token, "first-token").unwrap();
+    c.env
+        .cni_pod("ADD", "k-tok", "default", "t", None, &conf)
+        .ok();
+    c.env
+        .cni_pod("DEL", "k-tok", "default", "t", None, &conf)
+        .ok();
+    // The API server now wants the rotated token; the old one is refused.
+    set_token("rotated-token");
+    c.env
+        .cni_pod("ADD", "k-tok", "default", "t", None, &conf)
+        .err(110);
+    std::fs::write(&token, "rotated-token").unwrap();
+    c.env
+        .cni_pod("ADD", "k-tok", "default", "t", None, &conf)
+        .ok();
+    c.env
+        .cni_pod("DEL", "k-tok", "default", "t", None, &conf)
+        .ok();
+    c.env.assert_clean(&["kbrd"]);
+}
