@@ -7,6 +7,7 @@ pub mod chain;
 pub mod cni;
 pub mod config;
 pub mod demo;
+pub mod install;
 pub mod k8s;
 pub mod logging;
 pub mod netns;

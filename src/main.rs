@@ -22,6 +22,8 @@ enum Cmd {
     Demo(plexus::demo::DemoArgs),
     /// Print the NetworkAttachmentDefinition CRD (YAML) generated from plexus's type.
     Crdgen,
+    /// Install plexus on this node (run by the DaemonSet): binary, kubeconfig, config.
+    Install(plexus::install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +33,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     plexus::logging::init(Some("info"), None, true);
     match cli.command {
+        Cmd::Install(args) => match plexus::install::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("plexus install: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Crdgen => {
             print!("{}", plexus::k8s::nad::crd_yaml());
             ExitCode::SUCCESS

@@ -547,3 +547,59 @@ fn rotated_service_account_token_is_picked_up() {
         .ok();
     c.env.assert_clean(&["kbrd"]);
 }
+
+#[test]
+fn cni_args_reach_every_plugin_and_capabilities_are_checked() {
+    let c = cluster("k-args", "kbre", "10.123.0.0/24");
+    let rec = c.env.record_file();
+    c.api.create_nad("default", "chain", &json!({"cniVersion": "1.0.0", "name": "chain", "plugins": [
+        {"type": "test-record", "record": rec, "capabilities": {"ips": true}, "args": {"cni": {"fromNad": "x", "over": "nad"}}},
+        {"type": "test-record", "record": rec}]}));
+    let ann = json!([{"name": "chain", "ips": ["10.124.0.9/24"], "cni-args": {"over": "pod", "extra": 1}}]);
+    c.api
+        .create_pod("default", "a", json!({NETS: ann.to_string()}));
+    c.env
+        .cni_pod("ADD", "k-args", "default", "a", None, &c.conf)
+        .ok();
+    let recs: Vec<Value> = c
+        .env
+        .records()
+        .into_iter()
+        .filter(|r| r["command"] == "ADD")
+        .collect();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(
+        recs[0]["config"]["args"]["cni"],
+        json!({"fromNad": "x", "over": "pod", "extra": 1}),
+        "annotation wins over the NAD"
+    );
+    assert_eq!(
+        recs[1]["config"]["args"]["cni"],
+        json!({"over": "pod", "extra": 1})
+    );
+    assert_eq!(
+        recs[0]["config"]["runtimeConfig"],
+        json!({"ips": ["10.124.0.9/24"]})
+    );
+    assert!(
+        recs[1]["config"].get("runtimeConfig").is_none(),
+        "only the plugin that declares ips gets them"
+    );
+    assert_eq!(recs[0]["ifname"], "net1");
+    assert!(recs[0]["args"].as_str().unwrap().contains("K8S_POD_NAME=a"));
+    c.env
+        .cni_pod("DEL", "k-args", "default", "a", None, &c.conf)
+        .ok();
+    // A MAC request nobody in the network can honour fails the pod (NPWG §4.1.2.1.4).
+    c.api.create_pod(
+        "default",
+        "b",
+        json!({NETS: json!([{"name": "chain", "mac": "02:00:00:00:00:09"}]).to_string()}),
+    );
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-args2", "default", "b", None, &c.conf)
+        .err(2);
+    assert!(msg.contains("\"mac\"") && msg.contains("chain"), "{msg}");
+    c.env.assert_clean(&["kbre"]);
+}
