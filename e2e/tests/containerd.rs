@@ -4,7 +4,7 @@
 //! ctr reads /etc/cni/net.d and /opt/cni/bin; the test bind-mounts its own directories over them
 //! inside the node netns's private mount namespace, so the host's are never touched.
 
-mod common;
+use plexus_e2e as common;
 
 use common::{plexus_bin, sh, TestEnv};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! plexus inside a "cluster": pods and NetworkAttachmentDefinitions served by the fixture API
 //! server (not a real kube-apiserver), real delegates in real namespaces.
 
-mod common;
+use plexus_e2e as common;
 
 use common::{Fixture, TestEnv};
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! test delegates (record, fail, hang): env, prevResult, capability filtering, deadlines, DEL order,
 //! CHECK/STATUS/GC reach, and bad input.
 
-mod common;
+use plexus_e2e as common;
 
 use common::TestEnv;
 use serde_json::{json, Value};

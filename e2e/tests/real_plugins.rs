@@ -1,7 +1,7 @@
 //! plexus with the real reference plugins (bridge, macvlan, ptp, host-local, static, tuning,
 //! bandwidth, portmap) in real network namespaces.
 
-mod common;
+use plexus_e2e as common;
 
 use common::{sh, TestEnv};
 use serde_json::{json, Value};

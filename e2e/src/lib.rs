@@ -1,7 +1,6 @@
-//! The e2e harness: each test gets its own "node" netns (where plexus and the delegates run, so the
+//! plexus's end-to-end harness, shared by the e2e tests and the benchmark: each test gets its own "node" netns (where plexus and the delegates run, so the
 //! host is never touched) and "pod" netns, a temp dir for binDir/cniDir/IPAM, and helpers to run
 //! the real `plexus` binary as a runtime would and to read back links, addresses and routes.
-#![allow(dead_code)]
 
 use serde_json::Value;
 use std::io::Write;
@@ -33,10 +32,15 @@ pub fn plugins_dir() -> PathBuf {
     panic!("reference CNI plugins not found: apt-get install containernetworking-plugins");
 }
 
-/// target/<profile>/ of this build.
+/// target/<profile>/ of this build (tests run from target/<profile>/deps/).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
+    let dir = exe.parent().unwrap();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn plexus_bin() -> PathBuf {
