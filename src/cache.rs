@@ -8,9 +8,12 @@
 //! locks/<containerID>-<ifname>.lock         flock(2) target; removed by the DEL that empties it
 //! ```
 //!
-//! A record is rewritten whole (temp file in the same directory, fsync, rename) before each
-//! delegate ADD (entry marked pending) and after it (with its result), so a crash at any point
-//! leaves a record that names everything that may exist. A record that cannot be read (truncated,
+//! An ADD writes its record twice, whole (temp file in the same directory, then rename): before
+//! any delegate runs, listing every planned attachment as pending, and at the end with every
+//! result (fsynced). A crash of plexus at any point therefore leaves a record that names
+//! everything that may exist; DEL of an attachment that was never added succeeds, as the spec
+//! requires of every plugin. Each write creates an inode, so there are two per ADD whatever the
+//! number of networks (see docs/benchmarks.md). A record that cannot be read (truncated,
 //! foreign, other kind) is reported as such and never stops a DEL.
 
 use crate::cni::error::{io_error, CniError};
@@ -118,16 +121,24 @@ impl ResultCache {
     /// detected (different inode) and the lock is taken again on the new file.
     pub fn lock(&self, container_id: &str, ifname: &str) -> Result<Lock, CniError> {
         let dir = self.root.join("locks");
-        Self::ensure_dir(&dir)?;
         let path = dir.join(format!("{}.lock", Self::key(container_id, ifname)));
-        loop {
-            let file = OpenOptions::new()
+        let open = || {
+            OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
                 .open(&path)
-                .map_err(|e| io_error(format!("opening lock {}", path.display()), e))?;
+        };
+        loop {
+            let file = match open() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Self::ensure_dir(&dir)?;
+                    open()
+                }
+                other => other,
+            }
+            .map_err(|e| io_error(format!("opening lock {}", path.display()), e))?;
             file.lock()
                 .map_err(|e| io_error(format!("locking {}", path.display()), e))?;
             let held = file.metadata().map_err(|e| io_error("stat lock", e))?;
@@ -157,16 +168,33 @@ impl ResultCache {
         }
     }
 
-    /// Write a record atomically: temp file, fsync, rename.
+    /// Write a record atomically: temp file, rename; fsync the data first when `durable`.
     pub fn store(&self, record: &Record) -> Result<(), CniError> {
+        self.write(record, false)
+    }
+
+    /// [`ResultCache::store`], fsynced: the record a finished ADD leaves.
+    pub fn store_durable(&self, record: &Record) -> Result<(), CniError> {
+        self.write(record, true)
+    }
+
+    fn write(&self, record: &Record, durable: bool) -> Result<(), CniError> {
         let dir = self.root.join("attachments");
-        Self::ensure_dir(&dir)?;
         let path = self.record_path(&record.container_id, &record.if_name);
         let bytes = serde_json::to_vec(record).expect("record serializes");
         let write = || -> std::io::Result<()> {
-            let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir)?;
+            // Directories are made on first use only: a mkdir per write is measurable.
+            let mut tmp = match tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Self::ensure_dir(&dir).map_err(|e| std::io::Error::other(e.msg))?;
+                    tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir)?
+                }
+                other => other?,
+            };
             tmp.write_all(&bytes)?;
-            tmp.as_file().sync_data()?;
+            if durable {
+                tmp.as_file().sync_data()?;
+            }
             tmp.persist(&path).map_err(|e| e.error)?;
             Ok(())
         };

@@ -221,9 +221,10 @@ impl Chain {
         }
     }
 
-    /// ADD every attachment in order, recording each in the cache before and after it runs. If one
-    /// fails, everything added so far (the failed one included) is DELeted in reverse, and the
-    /// error names the network and delegate. Returns the cluster network's result.
+    /// ADD every attachment in order, after recording all of them in the cache as pending; the
+    /// caller stores the results. If one fails, everything added so far (the failed one included)
+    /// is DELeted in reverse, and the error names the network and delegate. Returns the cluster
+    /// network's result.
     pub fn add(
         &self,
         cache: &ResultCache,
@@ -241,9 +242,11 @@ impl Chain {
                 })?;
             }
         }
-        let mut cluster_result = None;
-        for (k, a) in attachments.iter().enumerate() {
-            record.attachments.push(CachedAttachment {
+        // One write names everything this ADD may create, before any delegate runs; a crash at
+        // any point leaves a record DEL can work from (DEL of what was never added succeeds).
+        record.attachments = attachments
+            .iter()
+            .map(|a| CachedAttachment {
                 network: a.network.name.clone(),
                 ifname: a.ifname.clone(),
                 cluster: a.cluster,
@@ -251,20 +254,22 @@ impl Chain {
                 capability_args: a.capability_args.clone(),
                 cni_args: a.cni_args.clone(),
                 result: None,
-            });
-            if let Err(e) = cache.store(record) {
-                record.attachments.pop();
-                return Err(self.rollback(cache, record, e));
-            }
+            })
+            .collect();
+        if let Err(e) = cache.store(record) {
+            record.attachments.clear();
+            return Err(e);
+        }
+        let mut cluster_result = None;
+        for (k, a) in attachments.iter().enumerate() {
             let first_prev = if a.cluster { prev } else { None };
-            let outcome = self.run_network(
+            match self.run_network(
                 Command::Add,
                 &a.network,
                 &a.ifname,
                 &Inputs::of(a),
                 first_prev,
-            );
-            match outcome {
+            ) {
                 Ok(Some(result)) => {
                     let value = result
                         .to_value(a.network.cni_version)
@@ -273,12 +278,13 @@ impl Chain {
                     if a.cluster {
                         cluster_result = Some(result);
                     }
-                    if let Err(e) = cache.store(record) {
-                        return Err(self.rollback(cache, record, e));
-                    }
                 }
                 Ok(None) => unreachable!("ADD returns a result"),
-                Err(e) => return Err(self.rollback(cache, record, e)),
+                Err(e) => {
+                    // Undo what was started: this attachment and the ones before it.
+                    record.attachments.truncate(k + 1);
+                    return Err(self.rollback(cache, record, e));
+                }
             }
         }
         Ok(cluster_result.unwrap_or_default())

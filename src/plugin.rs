@@ -16,6 +16,15 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// When this invocation started, for the phase timings logged at debug level.
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn phase(name: &str) {
+    if let Some(t) = STARTED.get() {
+        tracing::debug!(elapsed_us = t.elapsed().as_micros() as u64, "phase: {name}");
+    }
+}
+
 /// What the process prints and how it exits.
 #[derive(Debug)]
 pub struct Outcome {
@@ -25,6 +34,7 @@ pub struct Outcome {
 
 /// Run one CNI invocation. Never panics on bad input; every failure is a CNI error object.
 pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
+    STARTED.get_or_init(Instant::now);
     // The version errors are printed in: the config's, when it has a usable one.
     let version = sniff_version(&stdin);
     if stdin.len() > MAX_STDIN {
@@ -55,6 +65,14 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
             Command::Del | Command::Version => unreachable!(),
         }),
     };
+    if let Ok(u) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        let us = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+        tracing::debug!(
+            user_us = us(u.user_time()),
+            sys_us = us(u.system_time()),
+            "plexus's own CPU (delegates excluded)"
+        );
+    }
     match result {
         Ok(out) => ok(out),
         Err(e) => {
@@ -177,7 +195,9 @@ fn add(req: &Request, conf: &NetConf) -> Result<String, CniError> {
         None => None,
     };
     // Kubernetes, when configured: who the pod is and what it asked for.
+    phase("config parsed");
     let api = ApiView::connect(conf)?;
+    phase("api client built");
     let pod_ref = PodRef::from_request(req);
     let pod = match (&api, &pod_ref) {
         (Some(api), Some(r)) => {
@@ -192,6 +212,7 @@ fn add(req: &Request, conf: &NetConf) -> Result<String, CniError> {
         }
         _ => None,
     };
+    phase("pod read");
     let view = api.as_ref().map(|a| a as &dyn ClusterView);
     let outcome = attach(req, conf, view, pod.as_ref(), prev.as_ref());
     if let (Some(api), Some(pod)) = (&api, &pod) {
@@ -206,7 +227,9 @@ fn add(req: &Request, conf: &NetConf) -> Result<String, CniError> {
                     api.event(pod, true, "FailedAttach", &e.msg);
                     return Err(e);
                 }
+                phase("network-status written");
                 api.event(pod, false, "AddedInterface", &done.summary);
+                phase("event written");
             }
             Err(e) => api.event(pod, true, "FailedAttach", &e.msg),
         }
@@ -263,10 +286,12 @@ fn attach(
         attachments: vec![],
         del_attempts: 0,
     };
+    phase("planned");
     chain.add(&cache, &mut record, &attachments, prev)?;
+    phase("delegates added");
     let mut finish = || -> Result<Attached, CniError> {
         let results = apply_default_routes(req, &attachments, &mut record)?;
-        cache.store(&record)?;
+        cache.store_durable(&record)?;
         let output = results[0]
             .to_json(conf.cni_version)
             .map_err(|e| e.context("converting the result"))?;

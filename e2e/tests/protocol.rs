@@ -688,3 +688,81 @@ fn version_verb_and_errors_speak_the_config_version() {
     let e = env.cni_raw("FROB", &[], b"{}");
     e.err(4);
 }
+
+/// plexus itself killed half-way through an ADD (OOM, node pressure): the runtime's DEL still
+/// removes everything, from the record written before any delegate ran.
+#[test]
+fn plexus_killed_mid_add_leaves_nothing_after_del() {
+    use std::io::Write;
+    let env = TestEnv::new("killed");
+    let mut ipam = env.host_local("cluster", "10.125.0.0/24");
+    ipam["routes"] = json!([]);
+    let cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "bridge", "bridge": "plxkill0", "ipam": ipam}]});
+    let hang = rec_net(&env, "slow", "1.0.0", vec![json!({"type": "test-hang"})]);
+    let conf = env.plexus_conf("1.1.0", vec![cluster, hang]);
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &env.node])
+        .arg(common::plexus_bin())
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c-killed")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", env.netns_path())
+        .env("CNI_PATH", &env.plugins)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    // Wait until the second network's delegate is running: eth0 exists, net1 is in progress.
+    let t = Instant::now();
+    while !env
+        .records()
+        .iter()
+        .any(|r| r["command"] == "ADD" && r["ifname"] == "net1")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "delegate never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env.pod_links().contains(&"eth0".to_string()));
+    // `ip netns exec` execs plexus, so the child's pid is plexus's.
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let hung = env
+        .records()
+        .iter()
+        .find(|r| r["role"] == "test-hang")
+        .unwrap()["pid"]
+        .to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &hung])
+        .status();
+    assert_eq!(
+        env.cache_files().len(),
+        1,
+        "the pending record survives the crash"
+    );
+    env.cni("DEL", "c-killed", "eth0", &conf).ok();
+    env.assert_clean(&["plxkill0"]);
+    assert!(
+        env.reservations("cluster").is_empty(),
+        "host-local reservation released"
+    );
+    let dels: Vec<String> = env
+        .records()
+        .iter()
+        .filter(|r| r["command"] == "DEL")
+        .map(|r| r["ifname"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dels, ["net1"], "the interrupted delegate got its DEL too");
+}

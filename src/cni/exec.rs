@@ -171,28 +171,30 @@ pub fn run(binary: &Path, inv: &Invocation<'_>, config: &[u8]) -> Result<Vec<u8>
             ),
         ));
     }
-    // stdout is closed; the process should be exiting. Give it what is left of the deadline.
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => {
-                kill();
-                let _ = child.wait();
-                return Err(CniError::new(
-                    Code::DELEGATE_TIMEOUT,
-                    format!(
-                        "plugin \"{plugin}\" {} closed stdout but did not exit within {:?}",
-                        inv.command, inv.timeout
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(CniError::new(
-                    Code::DELEGATE_FAILED,
-                    format!("waiting for plugin \"{plugin}\": {e}"),
-                ))
-            }
+    // stdout is closed; the process should be exiting. Wait for it (blocking, on a thread, so the
+    // deadline still holds) rather than polling.
+    let (st_tx, st_rx) = mpsc::channel();
+    let mut waited = child;
+    std::thread::spawn(move || {
+        let _ = st_tx.send(waited.wait());
+    });
+    let status = match st_rx.recv_timeout(remaining()) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            return Err(CniError::new(
+                Code::DELEGATE_FAILED,
+                format!("waiting for plugin \"{plugin}\": {e}"),
+            ))
+        }
+        Err(_) => {
+            kill();
+            return Err(CniError::new(
+                Code::DELEGATE_TIMEOUT,
+                format!(
+                    "plugin \"{plugin}\" {} closed stdout but did not exit within {:?}",
+                    inv.command, inv.timeout
+                ),
+            ));
         }
     };
     // Anything it left running in its group goes too; it had its chance.

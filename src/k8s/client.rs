@@ -81,6 +81,11 @@ impl ApiView {
                 CniError::new(Code::INVALID_CONFIG, format!("in-cluster API config: {e}"))
             })?,
         };
+        // A plain-http API server never uses TLS: without this, kube would load the platform's
+        // whole CA bundle on every plugin run for nothing (several ms per ADD).
+        if config.cluster_url.scheme_str() == Some("http") && config.root_cert.is_none() {
+            config.root_cert = Some(vec![]);
+        }
         config.connect_timeout = Some(conf.api_connect_timeout);
         config.read_timeout = Some(conf.api_timeout);
         config.write_timeout = Some(conf.api_timeout);

@@ -51,6 +51,7 @@ fn main() {
     if let Some(path) = conf.get("record").and_then(Value::as_str) {
         let line = json!({
             "role": role,
+            "pid": std::process::id(),
             "command": command,
             "containerID": env("CNI_CONTAINERID"),
             "netns": env("CNI_NETNS"),
