@@ -70,7 +70,8 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
         tracing::debug!(
             user_us = us(u.user_time()),
             sys_us = us(u.system_time()),
-            "plexus's own CPU (delegates excluded)"
+            max_rss_kb = u.max_rss(),
+            "plexus's own resource use (delegates excluded)"
         );
     }
     match result {

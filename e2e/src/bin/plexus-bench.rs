@@ -445,7 +445,7 @@ fn main() {
         .map(|m| m.len())
         .unwrap_or(0);
     out.push_str(&format!(
-        "\n### Start-up and memory\n\n| what | value |\n|---|---|\n| plexus VERSION, median (p99) | {pv:.2} ms ({pv99:.2} ms) |\n| bridge VERSION (a Go reference plugin), median (p99) | {bv:.2} ms ({bv99:.2} ms) |\n| peak RSS of one plexus ADD (1 extra network, the plexus process itself) | {} KiB |\n| plexus binary size | {:.1} MiB |\n",
+        "\n### Start-up and memory\n\n| what | value |\n|---|---|\n| plexus VERSION, median (p99) | {pv:.2} ms ({pv99:.2} ms) |\n| bridge VERSION (a Go reference plugin), median (p99) | {bv:.2} ms ({bv99:.2} ms) |\n| peak RSS of one plexus ADD, 1 extra network (wait4: the larger of plexus and the delegates it reaped; plexus alone logs its own at debug level) | {} KiB |\n| plexus binary size | {:.1} MiB |\n",
         add.maxrss_kb,
         size as f64 / (1 << 20) as f64
     ));
