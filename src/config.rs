@@ -52,6 +52,8 @@ pub struct NetConf {
     /// Where `clusterNetwork`/`defaultNetworks` NADs live, and the default namespace of the
     /// `v1.multus-cni.io/default-network` annotation.
     pub multus_namespace: String,
+    /// The kubelet's device-plugin checkpoint file (device IDs of `resourceName` NADs).
+    pub device_checkpoint_file: PathBuf,
 }
 
 fn get_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
@@ -216,6 +218,10 @@ impl NetConf {
                     ))
                 }
             },
+            device_checkpoint_file: path(
+                "deviceCheckpointFile",
+                crate::k8s::devices::DEFAULT_CHECKPOINT,
+            )?,
             multus_namespace: get_str(&obj, "multusNamespace")?
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "kube-system".to_string()),

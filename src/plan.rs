@@ -5,6 +5,8 @@ use crate::cni::error::{invalid_config, CniError, Code};
 use crate::cni::request::validate_ifname;
 use crate::config::{find_by_name, resolve_reference, NetConf, Network};
 use crate::k8s::annotations::{parse_networks, parse_short, NetworkSelection};
+use crate::k8s::devices::Allocator;
+use crate::k8s::RESOURCE_NAME_ANNOTATION;
 use crate::k8s::{
     annotation, ClusterView, NetworkAttachmentDefinition, DEFAULT_NETWORK_ANNOTATION,
     MAX_NAD_CONFIG_BYTES, NETWORKS_ANNOTATION,
@@ -41,6 +43,10 @@ pub struct Selection {
     pub cni_args: Map<String, Value>,
     pub status_name: String,
     pub default_route: Vec<IpAddr>,
+    /// The NAD's `k8s.v1.cni.cncf.io/resourceName`: this network needs a device of it.
+    pub resource: Option<String>,
+    /// The device ID: asked for by the selection (`deviceID`), then the one allocated.
+    pub device_id: Option<String>,
 }
 
 impl Selection {
@@ -52,19 +58,37 @@ impl Selection {
             capability_args: Map::new(),
             cni_args: Map::new(),
             default_route: vec![],
+            resource: None,
+            device_id: None,
         }
     }
 
-    fn from_nad(network: Network, nad_ref: &str, sel: &NetworkSelection) -> Selection {
+    fn from_nad(nad: NadNetwork, sel: &NetworkSelection) -> Selection {
         Selection {
-            network,
+            network: nad.network,
             ifname: sel.interface.clone(),
             capability_args: sel.capability_args(),
             cni_args: sel.cni_args.clone(),
-            status_name: nad_ref.to_string(),
+            status_name: nad.nad_ref,
             default_route: sel.default_route.clone(),
+            resource: nad.resource,
+            device_id: sel.device_id.clone(),
         }
     }
+
+    fn of_nad(nad: NadNetwork) -> Selection {
+        let mut s = Selection::plain(nad.network);
+        s.status_name = nad.nad_ref;
+        s.resource = nad.resource;
+        s
+    }
+}
+
+/// A network read from a NAD, with what the NAD says besides its config.
+struct NadNetwork {
+    network: Network,
+    nad_ref: String,
+    resource: Option<String>,
 }
 
 /// The networks of one pod, before interface names are given out.
@@ -122,10 +146,7 @@ pub fn resolve(
                 .clone()
                 .unwrap_or_else(|| conf.multus_namespace.clone());
             check_isolation(conf, &pod_name, &pod_ns, &ns, &sel.name)?;
-            let (network, nad_ref) = fetch_nad(conf, view, &ns, &sel.name, &pod_name)?;
-            let mut s = Selection::plain(network);
-            s.status_name = nad_ref;
-            s
+            Selection::of_nad(fetch_nad(conf, view, &ns, &sel.name, &pod_name)?)
         }
         None => static_cluster(conf, view)?,
     };
@@ -150,10 +171,58 @@ pub fn resolve(
     for sel in &selections {
         let ns = sel.namespace.clone().unwrap_or_else(|| pod_ns.clone());
         check_isolation(conf, &pod_name, &pod_ns, &ns, &sel.name)?;
-        let (network, nad_ref) = fetch_nad(conf, view, &ns, &sel.name, &pod_name)?;
-        extras.push(Selection::from_nad(network, &nad_ref, sel));
+        extras.push(Selection::from_nad(
+            fetch_nad(conf, view, &ns, &sel.name, &pod_name)?,
+            sel,
+        ));
     }
-    Ok(Resolved { cluster, extras })
+    let mut resolved = Resolved { cluster, extras };
+    assign_devices(&mut resolved, view, pod)?;
+    Ok(resolved)
+}
+
+/// Give each network whose NAD names a resource a device the kubelet allocated to this pod, in
+/// order, and put its ID in every plugin's config (`deviceID`, `pciBusID`), as SR-IOV and other
+/// device plugins' CNIs expect. The pod's devices are read only if some network needs one.
+fn assign_devices(
+    resolved: &mut Resolved,
+    view: &dyn ClusterView,
+    pod: &Pod,
+) -> Result<(), CniError> {
+    let mut allocator: Option<Allocator> = None;
+    for sel in std::iter::once(&mut resolved.cluster).chain(resolved.extras.iter_mut()) {
+        let Some(resource) = sel.resource.clone() else {
+            if let Some(id) = &sel.device_id {
+                return Err(invalid_config(format!(
+                    "network {}: deviceID \"{id}\" was asked for, but the NAD names no {RESOURCE_NAME_ANNOTATION} to check it against",
+                    sel.status_name
+                )));
+            }
+            continue;
+        };
+        let alloc = match &mut allocator {
+            Some(a) => a,
+            None => allocator.insert(Allocator::new(view.pod_devices(pod)?)),
+        };
+        let id = alloc.take(&resource, sel.device_id.as_deref(), &sel.status_name)?;
+        let mut value: Value =
+            serde_json::from_str(&sel.network.bytes).map_err(|e| invalid_config(e.to_string()))?;
+        let with_id = |p: &mut Value| {
+            p["deviceID"] = Value::String(id.clone());
+            p["pciBusID"] = Value::String(id.clone());
+        };
+        match value.get_mut("plugins").and_then(Value::as_array_mut) {
+            Some(plugins) => plugins.iter_mut().for_each(with_id),
+            None => with_id(&mut value),
+        }
+        sel.network = Network::from_value(value, &sel.network.source)?;
+        if declares(&sel.network, "deviceID") {
+            sel.capability_args
+                .insert("deviceID".into(), Value::String(id.clone()));
+        }
+        sel.device_id = Some(id);
+    }
+    Ok(())
 }
 
 fn static_cluster(conf: &NetConf, view: &dyn ClusterView) -> Result<Selection, CniError> {
@@ -171,10 +240,7 @@ fn reference(conf: &NetConf, view: &dyn ClusterView, r: &str) -> Result<Selectio
     if !r.contains('/') {
         if let Some(nad) = view.nad(&conf.multus_namespace, r)? {
             let nad_ref = format!("{}/{r}", conf.multus_namespace);
-            let network = nad_network(conf, &nad, &nad_ref)?;
-            let mut s = Selection::plain(network);
-            s.status_name = nad_ref;
-            return Ok(s);
+            return Ok(Selection::of_nad(nad_network_of(conf, &nad, nad_ref)?));
         }
     }
     Ok(Selection::plain(resolve_reference(r, &conf.conf_dir)?))
@@ -208,7 +274,7 @@ fn fetch_nad(
     ns: &str,
     name: &str,
     pod_name: &str,
-) -> Result<(Network, String), CniError> {
+) -> Result<NadNetwork, CniError> {
     let nad_ref = format!("{ns}/{name}");
     let nad = view.nad(ns, name)?.ok_or_else(|| {
         CniError::new(
@@ -216,7 +282,26 @@ fn fetch_nad(
             format!("pod {pod_name}: NetworkAttachmentDefinition {nad_ref} not found"),
         )
     })?;
-    Ok((nad_network(conf, &nad, &nad_ref)?, nad_ref))
+    nad_network_of(conf, &nad, nad_ref)
+}
+
+fn nad_network_of(
+    conf: &NetConf,
+    nad: &NetworkAttachmentDefinition,
+    nad_ref: String,
+) -> Result<NadNetwork, CniError> {
+    let resource = nad
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESOURCE_NAME_ANNOTATION))
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    Ok(NadNetwork {
+        network: nad_network(conf, nad, &nad_ref)?,
+        nad_ref,
+        resource,
+    })
 }
 
 /// The network a NAD describes: its `spec.config` (with `name` injected when missing), or, when
@@ -711,6 +796,77 @@ mod resolve_tests {
         let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
         let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
         assert!(plan("eth0", &Map::new(), r).is_ok());
+    }
+
+    #[test]
+    fn resource_nads_take_distinct_devices_in_every_plugin() {
+        let r = "intel.com/sriov";
+        let list = json!({"cniVersion": "1.0.0", "name": "vf", "plugins": [
+            {"type": "sriov", "capabilities": {"deviceID": true}}, {"type": "tuning"}]})
+        .to_string();
+        let mut v = view()
+            .with_device_nad("ns1", "vf", &list, r)
+            .with_device_nad("ns1", "vf2", &nad_cfg("vf2", "sriov"), r);
+        v.devices = crate::k8s::devices::PodDevices(
+            [(
+                r.to_string(),
+                vec!["0000:03:02.1".into(), "0000:03:02.2".into()],
+            )]
+            .into(),
+        );
+        let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "vf,vf2")]);
+        let res = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let first = &res.extras[0];
+        assert_eq!(first.device_id.as_deref(), Some("0000:03:02.1"));
+        for plugin in &first.network.plugins {
+            assert_eq!(
+                (plugin["deviceID"].as_str(), plugin["pciBusID"].as_str()),
+                (Some("0000:03:02.1"), Some("0000:03:02.1"))
+            );
+        }
+        assert!(
+            first.network.bytes.contains("0000:03:02.1"),
+            "the cached config carries the ID to DEL"
+        );
+        assert_eq!(
+            first.capability_args["deviceID"], "0000:03:02.1",
+            "declared: runtimeConfig too"
+        );
+        assert_eq!(res.extras[1].network.plugins[0]["deviceID"], "0000:03:02.2");
+        assert!(
+            !res.extras[1].capability_args.contains_key("deviceID"),
+            "not declared: config only"
+        );
+        // More networks than devices: a clear error naming the network.
+        let (v2, p2) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "vf,vf2,vf")]);
+        let e = resolve(&conf(json!({})), Some(&v2), Some(&p2)).unwrap_err();
+        assert!(
+            e.msg.contains("ns1/vf") && e.msg.contains("allocated 2"),
+            "{}",
+            e.msg
+        );
+        // A selection cannot pick a device the kubelet did not allocate, nor one for a NAD without a resource.
+        let (v3, p3) = pod(
+            &v,
+            "ns1",
+            &[(
+                crate::k8s::NETWORKS_ANNOTATION,
+                r#"[{"name":"vf","deviceID":"0000:99:00.1"}]"#,
+            )],
+        );
+        assert!(resolve(&conf(json!({})), Some(&v3), Some(&p3)).is_err());
+        let (v4, p4) = pod(
+            &v,
+            "ns1",
+            &[(
+                crate::k8s::NETWORKS_ANNOTATION,
+                r#"[{"name":"mv","deviceID":"0000:03:02.1"}]"#,
+            )],
+        );
+        assert!(resolve(&conf(json!({})), Some(&v4), Some(&p4))
+            .unwrap_err()
+            .msg
+            .contains("names no"));
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl TestEnv {
             "build the workspace first: {} missing",
             delegate.display()
         );
-        for name in ["test-record", "test-fail", "test-hang"] {
+        for name in ["test-record", "test-fail", "test-hang", "test-sriov"] {
             std::os::unix::fs::symlink(&delegate, bin.join(name)).unwrap();
         }
         env
@@ -404,13 +404,17 @@ impl Fixture {
     }
 
     pub fn create_nad(&self, ns: &str, name: &str, config: &Value) {
+        self.create_nad_annotated(ns, name, config, serde_json::json!({}));
+    }
+
+    pub fn create_nad_annotated(&self, ns: &str, name: &str, config: &Value, annotations: Value) {
         let spec = if config.is_null() {
             serde_json::json!({})
         } else {
             serde_json::json!({"config": config.to_string()})
         };
         let nad = serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations}, "spec": spec});
         let (code, v) = self.call(
             "POST",
             &format!("/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions"),

@@ -603,3 +603,69 @@ fn cni_args_reach_every_plugin_and_capabilities_are_checked() {
     assert!(msg.contains("\"mac\"") && msg.contains("chain"), "{msg}");
     c.env.assert_clean(&["kbre"]);
 }
+
+#[test]
+fn sriov_vfs_from_the_kubelet_checkpoint_move_into_the_pod_and_back() {
+    let mut c = cluster("k-vf", "kbrf", "10.126.0.0/24");
+    // Two veths play the VFs the kubelet allocated to this pod.
+    c.env.node_veth("vfa0", "vfa1");
+    c.env.node_veth("vfb0", "vfb1");
+    let pod = c
+        .api
+        .create_pod("default", "vf", json!({NETS: "vf-net, vf-net@vf2"}));
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let checkpoint = c.env.path().join("kubelet_internal_checkpoint");
+    std::fs::write(&checkpoint, json!({"Data": {"PodDeviceEntries": [
+        {"PodUID": uid, "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": ["vfa0", "vfb0"]}, "AllocResp": ""},
+        {"PodUID": "someone-else", "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": ["vfz0"]}, "AllocResp": ""}
+    ], "RegisteredDevices": {"intel.com/sriov_vf": ["vfa0", "vfb0", "vfz0"]}}, "Checksum": 1}).to_string()).unwrap();
+    c.conf["deviceCheckpointFile"] = json!(checkpoint);
+    c.api.create_nad_annotated(
+        "default",
+        "vf-net",
+        &json!({"cniVersion": "1.0.0", "name": "vf-net", "type": "test-sriov", "capabilities": {"deviceID": true}}),
+        json!({"k8s.v1.cni.cncf.io/resourceName": "intel.com/sriov_vf"}),
+    );
+    c.env
+        .cni_pod("ADD", "k-vf", "default", "vf", None, &c.conf)
+        .ok();
+    let mut links = c.env.pod_links();
+    links.sort();
+    assert_eq!(links, ["eth0", "lo", "net1", "vf2"]);
+    // net1 is the first allocated VF, vf2 the second: their veth peers stayed on the node.
+    // (the node-side peer's link_index is the pod link's ifindex)
+    let peer_index = |peer: &str| -> Value {
+        serde_json::from_str::<Value>(&c.env.node(&["ip", "-j", "link", "show", "dev", peer]))
+            .unwrap()[0]["link_index"]
+            .clone()
+    };
+    assert_eq!(peer_index("vfa1"), c.env.pod_link("net1")["ifindex"]);
+    assert_eq!(peer_index("vfb1"), c.env.pod_link("vf2")["ifindex"]);
+    let node = c.env.node_links();
+    assert!(
+        !node.contains(&"vfa0".to_string()) && !node.contains(&"vfb0".to_string()),
+        "{node:?}"
+    );
+    let status = c.api.network_status("default", "vf");
+    assert_eq!(status_of(&status, "net1")["name"], "default/vf-net");
+    c.env
+        .cni_pod("DEL", "k-vf", "default", "vf", None, &c.conf)
+        .ok();
+    let node = c.env.node_links();
+    assert!(
+        node.contains(&"vfa0".to_string()) && node.contains(&"vfb0".to_string()),
+        "VFs returned: {node:?}"
+    );
+    c.env
+        .assert_clean(&["kbrf", "vfa0", "vfa1", "vfb0", "vfb1"]);
+    // A third VF network than the kubelet allocated: refused before anything is attached.
+    c.api
+        .create_pod("default", "vf3", json!({NETS: "vf-net,vf-net,vf-net"}));
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-vf3", "default", "vf3", None, &c.conf)
+        .err(7);
+    assert!(msg.contains("no free intel.com/sriov_vf device"), "{msg}");
+    c.env
+        .assert_clean(&["kbrf", "vfa0", "vfa1", "vfb0", "vfb1"]);
+}

@@ -20,6 +20,8 @@ pub struct ApiView {
     client: kube::Client,
     /// Where the API is, for messages.
     server: String,
+    /// The kubelet's device-plugin checkpoint, for device IDs.
+    checkpoint: std::path::PathBuf,
 }
 
 /// Map a kube error to a CNI error: transient failures are "try again later" (11).
@@ -95,7 +97,12 @@ impl ApiView {
             kube::Client::try_from(config)
                 .map_err(|e| CniError::new(Code::INVALID_CONFIG, format!("API client: {e}")))?
         };
-        Ok(Some(ApiView { rt, client, server }))
+        Ok(Some(ApiView {
+            rt,
+            client,
+            server,
+            checkpoint: conf.device_checkpoint_file.clone(),
+        }))
     }
 
     /// A view over an existing client (tests use a mock service), on its own runtime.
@@ -111,6 +118,7 @@ impl ApiView {
             rt,
             client,
             server: "mock".into(),
+            checkpoint: super::devices::DEFAULT_CHECKPOINT.into(),
         }
     }
 
@@ -160,6 +168,11 @@ impl ClusterView for ApiView {
                 e,
             )
         })
+    }
+
+    fn pod_devices(&self, pod: &Pod) -> Result<super::devices::PodDevices, CniError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or("");
+        super::devices::read_checkpoint(&self.checkpoint, uid)
     }
 }
 

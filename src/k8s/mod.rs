@@ -5,6 +5,7 @@
 
 pub mod annotations;
 pub mod client;
+pub mod devices;
 pub mod nad;
 pub mod status;
 
@@ -62,6 +63,10 @@ pub trait ClusterView {
         namespace: &str,
         name: &str,
     ) -> Result<Option<NetworkAttachmentDefinition>, CniError>;
+    /// The devices the kubelet allocated to this pod. Only asked when a NAD names a resource.
+    fn pod_devices(&self, _pod: &Pod) -> Result<devices::PodDevices, CniError> {
+        Ok(devices::PodDevices::default())
+    }
 }
 
 /// Where plexus reports what it did: the pod's network-status and Events.
@@ -99,6 +104,7 @@ pub fn check_uid(pod_ref: &PodRef, pod: &Pod) -> Result<(), CniError> {
 pub struct MemoryView {
     pub pods: HashMap<(String, String), Pod>,
     pub nads: HashMap<(String, String), NetworkAttachmentDefinition>,
+    pub devices: devices::PodDevices,
 }
 
 impl MemoryView {
@@ -130,6 +136,20 @@ impl MemoryView {
     }
 }
 
+impl MemoryView {
+    /// A NAD annotated with `k8s.v1.cni.cncf.io/resourceName`.
+    pub fn with_device_nad(mut self, ns: &str, name: &str, config: &str, resource: &str) -> Self {
+        self = self.with_nad(ns, name, config);
+        let nad = self
+            .nads
+            .get_mut(&(ns.into(), name.into()))
+            .expect("just added");
+        nad.metadata.annotations =
+            Some([(RESOURCE_NAME_ANNOTATION.to_string(), resource.to_string())].into());
+        self
+    }
+}
+
 impl ClusterView for MemoryView {
     fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
         Ok(self.pods.get(&(namespace.into(), name.into())).cloned())
@@ -140,5 +160,8 @@ impl ClusterView for MemoryView {
         name: &str,
     ) -> Result<Option<NetworkAttachmentDefinition>, CniError> {
         Ok(self.nads.get(&(namespace.into(), name.into())).cloned())
+    }
+    fn pod_devices(&self, _pod: &Pod) -> Result<devices::PodDevices, CniError> {
+        Ok(self.devices.clone())
     }
 }

@@ -1,0 +1,209 @@
+//! Device IDs the kubelet allocated to a pod (for SR-IOV and other device-plugin networks), read
+//! from the device plugin checkpoint file, and their allocation to the pod's networks.
+//!
+//! A NAD annotated `k8s.v1.cni.cncf.io/resourceName: <resource>` takes the next ID of that resource
+//! that the kubelet allocated to this pod; several NADs on one resource take distinct IDs in order.
+
+use crate::cni::error::{CniError, Code};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const DEFAULT_CHECKPOINT: &str = "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
+/// Largest checkpoint file read.
+const MAX_CHECKPOINT_BYTES: u64 = 16 << 20;
+
+/// Devices allocated to one pod, by resource name, in the kubelet's order (all containers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodDevices(pub BTreeMap<String, Vec<String>>);
+
+/// Parse a kubelet device-plugin checkpoint and keep this pod's entries. Both shapes are read:
+/// `DeviceIDs` as a list (kubelet < 1.20) or as a map of NUMA node to list (≥ 1.20).
+pub fn from_checkpoint(bytes: &[u8], pod_uid: &str) -> Result<PodDevices, CniError> {
+    let bad =
+        |why: String| CniError::new(Code::DECODE, format!("kubelet device checkpoint: {why}"));
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    let entries = v
+        .get("Data")
+        .and_then(|d| d.get("PodDeviceEntries"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no Data.PodDeviceEntries".into()))?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in entries.iter().filter(|e| e["PodUID"] == pod_uid) {
+        let resource = e["ResourceName"]
+            .as_str()
+            .ok_or_else(|| bad("entry without ResourceName".into()))?;
+        let ids: Vec<String> = match &e["DeviceIDs"] {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
+            Value::Object(numa) => {
+                // Order by NUMA node, numerically ("-1" for none comes first).
+                let mut nodes: Vec<(&String, &Value)> = numa.iter().collect();
+                nodes.sort_by_key(|(k, _)| k.parse::<i64>().unwrap_or(i64::MAX));
+                nodes
+                    .into_iter()
+                    .flat_map(|(_, ids)| {
+                        ids.as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|x| x.as_str().map(String::from))
+                    })
+                    .collect()
+            }
+            Value::Null => vec![],
+            other => return Err(bad(format!("DeviceIDs of {resource} is {other}"))),
+        };
+        let list = out.entry(resource.to_string()).or_default();
+        for id in ids {
+            if !list.contains(&id) {
+                list.push(id);
+            }
+        }
+    }
+    Ok(PodDevices(out))
+}
+
+/// The pod's devices from the checkpoint file; a missing file means no devices.
+pub fn read_checkpoint(path: &Path, pod_uid: &str) -> Result<PodDevices, CniError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PodDevices::default()),
+        Err(e) => return Err(CniError::new(Code::IO, format!("{}: {e}", path.display()))),
+        Ok(m) if m.len() > MAX_CHECKPOINT_BYTES => {
+            return Err(CniError::new(
+                Code::IO,
+                format!(
+                    "{}: larger than {MAX_CHECKPOINT_BYTES} bytes",
+                    path.display()
+                ),
+            ))
+        }
+        Ok(_) => {}
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| CniError::new(Code::IO, format!("{}: {e}", path.display())))?;
+    from_checkpoint(&bytes, pod_uid)
+}
+
+/// Hands out a pod's device IDs to its networks, each at most once.
+#[derive(Debug, Default)]
+pub struct Allocator {
+    devices: PodDevices,
+    taken: Vec<String>,
+}
+
+impl Allocator {
+    pub fn new(devices: PodDevices) -> Allocator {
+        Allocator {
+            devices,
+            taken: vec![],
+        }
+    }
+
+    /// The next free ID of `resource`; or `wanted` (a selection's `deviceID`) if the kubelet
+    /// allocated it to this pod under that resource and it is still free.
+    pub fn take(
+        &mut self,
+        resource: &str,
+        wanted: Option<&str>,
+        network: &str,
+    ) -> Result<String, CniError> {
+        let ids = self.devices.0.get(resource).cloned().unwrap_or_default();
+        let id = match wanted {
+            Some(w) if ids.iter().any(|i| i == w) && !self.taken.iter().any(|t| t == w) => w.to_string(),
+            Some(w) => {
+                return Err(CniError::new(
+                    Code::INVALID_CONFIG,
+                    format!("network {network}: deviceID \"{w}\" is not a free device of {resource} that the kubelet allocated to this pod ({ids:?})"),
+                ))
+            }
+            None => ids.iter().find(|i| !self.taken.contains(i)).cloned().ok_or_else(|| {
+                CniError::new(
+                    Code::INVALID_CONFIG,
+                    format!(
+                        "network {network}: no free {resource} device: the kubelet allocated {} to this pod ({ids:?}) and all are taken by earlier networks",
+                        ids.len()
+                    ),
+                )
+            })?,
+        };
+        self.taken.push(id.clone());
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn checkpoint() -> Vec<u8> {
+        json!({"Data": {"PodDeviceEntries": [
+            {"PodUID": "pod-a", "ContainerName": "c1", "ResourceName": "intel.com/sriov_netdevice",
+             "DeviceIDs": {"1": ["0000:3b:02.3"], "0": ["0000:3b:02.1", "0000:3b:02.2"]}, "AllocResp": "CgA="},
+            {"PodUID": "pod-a", "ContainerName": "c2", "ResourceName": "intel.com/sriov_netdevice",
+             "DeviceIDs": {"-1": ["0000:3b:02.4"]}, "AllocResp": "CgA="},
+            {"PodUID": "pod-a", "ContainerName": "c1", "ResourceName": "nvidia.com/gpu", "DeviceIDs": ["GPU-1"], "AllocResp": ""},
+            {"PodUID": "pod-b", "ContainerName": "c", "ResourceName": "intel.com/sriov_netdevice", "DeviceIDs": {"0": ["0000:3b:02.9"]}}
+        ], "RegisteredDevices": {"intel.com/sriov_netdevice": ["0000:3b:02.1"]}}, "Checksum": 1234})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn reads_both_checkpoint_shapes_for_one_pod() {
+        let d = from_checkpoint(&checkpoint(), "pod-a").unwrap();
+        assert_eq!(
+            d.0["intel.com/sriov_netdevice"],
+            [
+                "0000:3b:02.1",
+                "0000:3b:02.2",
+                "0000:3b:02.3",
+                "0000:3b:02.4"
+            ]
+        );
+        assert_eq!(d.0["nvidia.com/gpu"], ["GPU-1"]);
+        assert!(from_checkpoint(&checkpoint(), "pod-z")
+            .unwrap()
+            .0
+            .is_empty());
+        assert!(from_checkpoint(b"{}", "x").is_err());
+        assert!(from_checkpoint(b"garbage", "x").is_err());
+    }
+
+    #[test]
+    fn missing_checkpoint_is_no_devices() {
+        assert!(read_checkpoint(Path::new("/nonexistent/checkpoint"), "x")
+            .unwrap()
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn distinct_ids_in_order_and_a_clear_error_when_they_run_out() {
+        let mut a = Allocator::new(from_checkpoint(&checkpoint(), "pod-a").unwrap());
+        let r = "intel.com/sriov_netdevice";
+        assert_eq!(a.take(r, None, "ns/a").unwrap(), "0000:3b:02.1");
+        assert_eq!(
+            a.take(r, Some("0000:3b:02.3"), "ns/b").unwrap(),
+            "0000:3b:02.3"
+        );
+        assert_eq!(a.take(r, None, "ns/c").unwrap(), "0000:3b:02.2");
+        assert_eq!(a.take(r, None, "ns/d").unwrap(), "0000:3b:02.4");
+        let e = a.take(r, None, "ns/e").unwrap_err();
+        assert!(
+            e.msg.contains("allocated 4") && e.msg.contains("ns/e"),
+            "{}",
+            e.msg
+        );
+        // An annotation cannot pick a device the kubelet did not give this pod.
+        let mut a = Allocator::new(from_checkpoint(&checkpoint(), "pod-a").unwrap());
+        assert!(a
+            .take(r, Some("0000:3b:02.9"), "ns/x")
+            .unwrap_err()
+            .msg
+            .contains("not a free device"));
+        assert!(a.take("other.com/none", None, "ns/y").is_err());
+    }
+}
