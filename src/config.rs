@@ -52,8 +52,11 @@ pub struct NetConf {
     /// Where `clusterNetwork`/`defaultNetworks` NADs live, and the default namespace of the
     /// `v1.multus-cni.io/default-network` annotation.
     pub multus_namespace: String,
-    /// The kubelet's device-plugin checkpoint file (device IDs of `resourceName` NADs).
+    /// The kubelet's device-plugin checkpoint file (device IDs of `resourceName` NADs), read when
+    /// the PodResources socket is absent.
     pub device_checkpoint_file: PathBuf,
+    /// The kubelet's PodResources gRPC socket.
+    pub pod_resources_socket: PathBuf,
 }
 
 fn get_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
@@ -221,6 +224,10 @@ impl NetConf {
             device_checkpoint_file: path(
                 "deviceCheckpointFile",
                 crate::k8s::devices::DEFAULT_CHECKPOINT,
+            )?,
+            pod_resources_socket: path(
+                "podResourcesSocket",
+                crate::k8s::devices::DEFAULT_POD_RESOURCES_SOCKET,
             )?,
             multus_namespace: get_str(&obj, "multusNamespace")?
                 .filter(|s| !s.is_empty())

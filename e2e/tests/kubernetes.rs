@@ -604,22 +604,73 @@ fn cni_args_reach_every_plugin_and_capabilities_are_checked() {
     c.env.assert_clean(&["kbre"]);
 }
 
-#[test]
-fn sriov_vfs_from_the_kubelet_checkpoint_move_into_the_pod_and_back() {
-    let mut c = cluster("k-vf", "kbrf", "10.126.0.0/24");
-    // Two veths play the VFs the kubelet allocated to this pod.
+#[derive(Clone, Copy, PartialEq)]
+enum Devices {
+    Checkpoint,
+    PodResourcesGet,
+    PodResourcesList,
+}
+
+struct Kubelet(std::process::Child);
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two veths play the VFs the kubelet allocated to the pod; an SR-IOV stand-in moves the one named
+/// by the device ID into the pod, and back on DEL.
+fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
+    let bridge = format!("kbv{}", source as u8);
+    let mut c = cluster(tag, &bridge, subnet);
     c.env.node_veth("vfa0", "vfa1");
     c.env.node_veth("vfb0", "vfb1");
     let pod = c
         .api
         .create_pod("default", "vf", json!({NETS: "vf-net, vf-net@vf2"}));
+    c.api
+        .create_pod("default", "vf3", json!({NETS: "vf-net,vf-net,vf-net"}));
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let _kubelet;
     let checkpoint = c.env.path().join("kubelet_internal_checkpoint");
-    std::fs::write(&checkpoint, json!({"Data": {"PodDeviceEntries": [
-        {"PodUID": uid, "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": ["vfa0", "vfb0"]}, "AllocResp": ""},
-        {"PodUID": "someone-else", "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": ["vfz0"]}, "AllocResp": ""}
-    ], "RegisteredDevices": {"intel.com/sriov_vf": ["vfa0", "vfb0", "vfz0"]}}, "Checksum": 1}).to_string()).unwrap();
+    let socket = c.env.path().join("kubelet.sock");
     c.conf["deviceCheckpointFile"] = json!(checkpoint);
+    c.conf["podResourcesSocket"] = json!(socket);
+    if source == Devices::Checkpoint {
+        std::fs::write(&checkpoint, json!({"Data": {"PodDeviceEntries": [
+            {"PodUID": uid, "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": ["vfa0", "vfb0"]}, "AllocResp": ""},
+            {"PodUID": "someone-else", "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": ["vfz0"]}, "AllocResp": ""}
+        ], "RegisteredDevices": {"intel.com/sriov_vf": ["vfa0", "vfb0", "vfz0"]}}, "Checksum": 1}).to_string()).unwrap();
+    } else {
+        let vf = |ids: Vec<&str>| json!([{"name": "c", "devices": [{"resourceName": "intel.com/sriov_vf", "deviceIds": ids}]}]);
+        let pods = json!([
+            {"name": "vf", "namespace": "default", "containers": vf(vec!["vfa0", "vfb0"])},
+            {"name": "vf3", "namespace": "default", "containers": vf(vec!["vfa0", "vfb0"])},
+            {"name": "other", "namespace": "default", "containers": vf(vec!["vfz0"])}
+        ]);
+        let file = c.env.path().join("pods.json");
+        std::fs::write(&file, pods.to_string()).unwrap();
+        let mut cmd =
+            std::process::Command::new(common::target_dir().join("plexus-fixture-kubelet"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--pods")
+            .arg(&file)
+            .stdout(std::process::Stdio::piped());
+        if source == Devices::PodResourcesList {
+            cmd.arg("--no-get");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        _kubelet = Kubelet(child);
+    }
     c.api.create_nad_annotated(
         "default",
         "vf-net",
@@ -627,13 +678,13 @@ fn sriov_vfs_from_the_kubelet_checkpoint_move_into_the_pod_and_back() {
         json!({"k8s.v1.cni.cncf.io/resourceName": "intel.com/sriov_vf"}),
     );
     c.env
-        .cni_pod("ADD", "k-vf", "default", "vf", None, &c.conf)
+        .cni_pod("ADD", tag, "default", "vf", None, &c.conf)
         .ok();
     let mut links = c.env.pod_links();
     links.sort();
     assert_eq!(links, ["eth0", "lo", "net1", "vf2"]);
-    // net1 is the first allocated VF, vf2 the second: their veth peers stayed on the node.
-    // (the node-side peer's link_index is the pod link's ifindex)
+    // net1 is the first allocated VF, vf2 the second: the node-side peer's link_index is the pod
+    // link's ifindex.
     let peer_index = |peer: &str| -> Value {
         serde_json::from_str::<Value>(&c.env.node(&["ip", "-j", "link", "show", "dev", peer]))
             .unwrap()[0]["link_index"]
@@ -649,7 +700,7 @@ fn sriov_vfs_from_the_kubelet_checkpoint_move_into_the_pod_and_back() {
     let status = c.api.network_status("default", "vf");
     assert_eq!(status_of(&status, "net1")["name"], "default/vf-net");
     c.env
-        .cni_pod("DEL", "k-vf", "default", "vf", None, &c.conf)
+        .cni_pod("DEL", tag, "default", "vf", None, &c.conf)
         .ok();
     let node = c.env.node_links();
     assert!(
@@ -657,15 +708,28 @@ fn sriov_vfs_from_the_kubelet_checkpoint_move_into_the_pod_and_back() {
         "VFs returned: {node:?}"
     );
     c.env
-        .assert_clean(&["kbrf", "vfa0", "vfa1", "vfb0", "vfb1"]);
-    // A third VF network than the kubelet allocated: refused before anything is attached.
-    c.api
-        .create_pod("default", "vf3", json!({NETS: "vf-net,vf-net,vf-net"}));
+        .assert_clean(&[&bridge, "vfa0", "vfa1", "vfb0", "vfb1"]);
+    // More VF networks than the kubelet allocated: refused before anything is attached.
     let msg = c
         .env
-        .cni_pod("ADD", "k-vf3", "default", "vf3", None, &c.conf)
+        .cni_pod("ADD", &format!("{tag}-3"), "default", "vf3", None, &c.conf)
         .err(7);
     assert!(msg.contains("no free intel.com/sriov_vf device"), "{msg}");
     c.env
-        .assert_clean(&["kbrf", "vfa0", "vfa1", "vfb0", "vfb1"]);
+        .assert_clean(&[&bridge, "vfa0", "vfa1", "vfb0", "vfb1"]);
+}
+
+#[test]
+fn sriov_vfs_from_the_kubelet_checkpoint() {
+    sriov_scenario("k-vfc", "10.126.0.0/24", Devices::Checkpoint);
+}
+
+#[test]
+fn sriov_vfs_from_pod_resources_get() {
+    sriov_scenario("k-vfg", "10.127.0.0/24", Devices::PodResourcesGet);
+}
+
+#[test]
+fn sriov_vfs_from_pod_resources_list_when_get_is_unimplemented() {
+    sriov_scenario("k-vfl", "10.128.0.0/24", Devices::PodResourcesList);
 }

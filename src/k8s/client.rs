@@ -22,6 +22,9 @@ pub struct ApiView {
     server: String,
     /// The kubelet's device-plugin checkpoint, for device IDs.
     checkpoint: std::path::PathBuf,
+    /// The kubelet's PodResources socket, tried first.
+    pod_resources: std::path::PathBuf,
+    timeout: Duration,
 }
 
 /// Map a kube error to a CNI error: transient failures are "try again later" (11).
@@ -102,6 +105,8 @@ impl ApiView {
             client,
             server,
             checkpoint: conf.device_checkpoint_file.clone(),
+            pod_resources: conf.pod_resources_socket.clone(),
+            timeout: conf.api_timeout,
         }))
     }
 
@@ -119,6 +124,8 @@ impl ApiView {
             client,
             server: "mock".into(),
             checkpoint: super::devices::DEFAULT_CHECKPOINT.into(),
+            pod_resources: super::devices::DEFAULT_POD_RESOURCES_SOCKET.into(),
+            timeout: Duration::from_secs(5),
         }
     }
 
@@ -171,6 +178,17 @@ impl ClusterView for ApiView {
     }
 
     fn pod_devices(&self, pod: &Pod) -> Result<super::devices::PodDevices, CniError> {
+        // The kubelet's PodResources API when its socket is there; the checkpoint file otherwise.
+        if self.pod_resources.exists() {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("");
+            let name = pod.metadata.name.as_deref().unwrap_or("");
+            return self.rt.block_on(super::devices::from_pod_resources(
+                &self.pod_resources,
+                ns,
+                name,
+                self.timeout,
+            ));
+        }
         let uid = pod.metadata.uid.as_deref().unwrap_or("");
         super::devices::read_checkpoint(&self.checkpoint, uid)
     }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const DEFAULT_CHECKPOINT: &str = "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
+pub const DEFAULT_POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
 /// Largest checkpoint file read.
 const MAX_CHECKPOINT_BYTES: u64 = 16 << 20;
 
@@ -84,6 +85,71 @@ pub fn read_checkpoint(path: &Path, pod_uid: &str) -> Result<PodDevices, CniErro
     let bytes = std::fs::read(path)
         .map_err(|e| CniError::new(Code::IO, format!("{}: {e}", path.display())))?;
     from_checkpoint(&bytes, pod_uid)
+}
+
+/// The pod's devices from the kubelet's PodResources v1 API on its unix socket: `Get` where the
+/// kubelet has it, else `List` filtered to the pod.
+pub async fn from_pod_resources(
+    socket: &Path,
+    namespace: &str,
+    name: &str,
+    timeout: std::time::Duration,
+) -> Result<PodDevices, CniError> {
+    use super::podresources::pod_resources_lister_client::PodResourcesListerClient;
+    use super::podresources::{GetPodResourcesRequest, ListPodResourcesRequest, PodResources};
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        CniError::new(
+            Code::TRY_AGAIN_LATER,
+            format!("kubelet PodResources at {}: {what}: {e}", socket.display()),
+        )
+    };
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://kubelet.invalid")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|e| err("connect", &e))?;
+    let mut client = PodResourcesListerClient::new(channel);
+    let pod: Option<PodResources> = match client
+        .get(GetPodResourcesRequest {
+            pod_name: name.into(),
+            pod_namespace: namespace.into(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().pod_resources,
+        // Get is behind a feature gate on older kubelets: fall back to List.
+        Err(s) if s.code() == tonic::Code::Unimplemented => client
+            .list(ListPodResourcesRequest {})
+            .await
+            .map_err(|e| err("List", &e))?
+            .into_inner()
+            .pod_resources
+            .into_iter()
+            .find(|p| p.namespace == namespace && p.name == name),
+        Err(s) if s.code() == tonic::Code::NotFound => None,
+        Err(s) => return Err(err("Get", &s)),
+    };
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for c in pod.map(|p| p.containers).unwrap_or_default() {
+        for d in c.devices {
+            let list = out.entry(d.resource_name).or_default();
+            for id in d.device_ids {
+                if !list.contains(&id) {
+                    list.push(id);
+                }
+            }
+        }
+    }
+    Ok(PodDevices(out))
 }
 
 /// Hands out a pod's device IDs to its networks, each at most once.

@@ -7,6 +7,8 @@ pub mod annotations;
 pub mod client;
 pub mod devices;
 pub mod nad;
+#[allow(clippy::all, missing_docs)]
+pub mod podresources;
 pub mod status;
 
 use crate::cni::error::{CniError, Code};
