@@ -61,6 +61,9 @@ pub struct CachedAttachment {
     /// The final ADD result, as the network's last plugin printed it; absent while pending.
     #[serde(default)]
     pub result: Option<Value>,
+    /// The device-info file the CNI was asked to write (NPWG device-info); removed on DEL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_info_file: Option<String>,
 }
 
 /// The cache rooted at `<cniDir>/plexus`.
@@ -249,6 +252,7 @@ mod tests {
                 capability_args: Map::new(),
                 cni_args: Map::new(),
                 result: None,
+                device_info_file: None,
             }],
             del_attempts: 0,
         }

@@ -254,6 +254,7 @@ impl Chain {
                 capability_args: a.capability_args.clone(),
                 cni_args: a.cni_args.clone(),
                 result: None,
+                device_info_file: a.device_info_file.clone(),
             })
             .collect();
         if let Err(e) = cache.store(record) {
@@ -335,6 +336,19 @@ impl Chain {
     }
 
     fn del_one(&self, a: &CachedAttachment) -> Result<(), CniError> {
+        self.del_delegates(a)?;
+        if let Some(f) = &a.device_info_file {
+            match std::fs::remove_file(f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("removing device-info {f}: {e}")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn del_delegates(&self, a: &CachedAttachment) -> Result<(), CniError> {
         let network = Network::from_bytes(a.config.as_bytes(), "cache").map_err(|e| {
             e.context(format!(
                 "DEL network \"{}\" (interface {}) for {}",

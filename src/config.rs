@@ -57,6 +57,8 @@ pub struct NetConf {
     pub device_checkpoint_file: PathBuf,
     /// The kubelet's PodResources gRPC socket.
     pub pod_resources_socket: PathBuf,
+    /// NPWG device-info directory (`dp/` written by device plugins, `cni/` by CNIs).
+    pub device_info_dir: PathBuf,
 }
 
 fn get_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
@@ -228,6 +230,10 @@ impl NetConf {
             pod_resources_socket: path(
                 "podResourcesSocket",
                 crate::k8s::devices::DEFAULT_POD_RESOURCES_SOCKET,
+            )?,
+            device_info_dir: path(
+                "deviceInfoDir",
+                crate::k8s::devices::DEFAULT_DEVICE_INFO_DIR,
             )?,
             multus_namespace: get_str(&obj, "multusNamespace")?
                 .filter(|s| !s.is_empty())

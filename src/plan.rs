@@ -32,6 +32,10 @@ pub struct Attachment {
     pub status_name: String,
     /// Gateways this attachment should own the default route through (at most one per family).
     pub default_route: Vec<IpAddr>,
+    /// `(resource, device ID)` of a device-plugin network.
+    pub device: Option<(String, String)>,
+    /// Where the CNI is asked to write its device-info (set when the ADD is known).
+    pub device_info_file: Option<String>,
 }
 
 /// A network the pod gets, with what was asked for it.
@@ -357,6 +361,8 @@ pub fn plan(
         cluster: true,
         capability_args: runtime_config.clone(),
         cni_args: Map::new(),
+        device: cluster.resource.clone().zip(cluster.device_id.clone()),
+        device_info_file: None,
         status_name: cluster.status_name,
         default_route: vec![],
     });
@@ -393,6 +399,8 @@ pub fn plan(
             cni_args: sel.cni_args,
             status_name: sel.status_name,
             default_route: sel.default_route,
+            device: sel.resource.clone().zip(sel.device_id.clone()),
+            device_info_file: None,
         });
     }
     for v6 in [false, true] {

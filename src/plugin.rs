@@ -8,9 +8,11 @@ use crate::cni::version::SUPPORTED;
 use crate::cni::{CniResult, Command, Request, Version};
 use crate::config::{NetConf, Network, DEFAULT_CNI_DIR};
 use crate::k8s::client::ApiView;
+use crate::k8s::devices;
 use crate::k8s::status::StatusInput;
 use crate::k8s::{check_uid, ClusterView, PodRef, Reporter};
 use crate::netns::Netlink;
+use crate::plan::declares;
 use crate::plan::{plan, resolve};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -274,6 +276,25 @@ fn attach(
         }
         cache.remove(req.container_id(), req.ifname())?;
     }
+    let mut attachments = attachments;
+    for a in attachments.iter_mut().filter(|a| a.device.is_some()) {
+        let file = devices::cni_device_info_path(
+            &conf.device_info_dir,
+            &a.status_name,
+            req.container_id(),
+            &a.ifname,
+        );
+        if declares(&a.network, "CNIDeviceInfoFile") {
+            if let Some(dir) = file.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            a.capability_args.insert(
+                "CNIDeviceInfoFile".into(),
+                Value::String(file.display().to_string()),
+            );
+            a.device_info_file = Some(file.display().to_string());
+        }
+    }
     if view.is_some() {
         refuse_taken_names(req, &attachments).map_err(|e| e.context(format!("ADD for {who}")))?;
     }
@@ -313,7 +334,12 @@ fn attach(
                 result: r,
                 default: i == default_owner,
                 gateway: a.default_route.iter().map(ToString::to_string).collect(),
-                device_info: None,
+                device_info: a.device.as_ref().and_then(|(resource, id)| {
+                    devices::device_info(
+                        a.device_info_file.as_deref(),
+                        &devices::dp_device_info_path(&conf.device_info_dir, resource, id),
+                    )
+                }),
             })
             .collect();
         let status =

@@ -638,6 +638,21 @@ fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
     let socket = c.env.path().join("kubelet.sock");
     c.conf["deviceCheckpointFile"] = json!(checkpoint);
     c.conf["podResourcesSocket"] = json!(socket);
+    // Device plugins' device-info (NPWG): what network-status shows unless the CNI writes its own.
+    let devinfo = c.env.path().join("devinfo");
+    std::fs::create_dir_all(devinfo.join("dp")).unwrap();
+    for vf in ["vfa0", "vfb0"] {
+        let info =
+            json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": format!("dp-{vf}")}});
+        std::fs::write(
+            devinfo.join(format!("dp/intel.com-sriov_vf-{vf}-device.json")),
+            info.to_string(),
+        )
+        .unwrap();
+    }
+    c.conf["deviceInfoDir"] = json!(devinfo);
+    // With the PodResources sources the CNI is asked for its own device-info file.
+    let cni_writes = source != Devices::Checkpoint;
     if source == Devices::Checkpoint {
         std::fs::write(&checkpoint, json!({"Data": {"PodDeviceEntries": [
             {"PodUID": uid, "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": ["vfa0", "vfb0"]}, "AllocResp": ""},
@@ -674,7 +689,8 @@ fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
     c.api.create_nad_annotated(
         "default",
         "vf-net",
-        &json!({"cniVersion": "1.0.0", "name": "vf-net", "type": "test-sriov", "capabilities": {"deviceID": true}}),
+        &json!({"cniVersion": "1.0.0", "name": "vf-net", "type": "test-sriov",
+                "capabilities": {"deviceID": true, "CNIDeviceInfoFile": cni_writes}}),
         json!({"k8s.v1.cni.cncf.io/resourceName": "intel.com/sriov_vf"}),
     );
     c.env
@@ -699,6 +715,18 @@ fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
     );
     let status = c.api.network_status("default", "vf");
     assert_eq!(status_of(&status, "net1")["name"], "default/vf-net");
+    let want = |vf: &str| {
+        let src = if cni_writes { "cni" } else { "dp" };
+        json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": format!("{src}-{vf}")}})
+    };
+    assert_eq!(status_of(&status, "net1")["device-info"], want("vfa0"));
+    assert_eq!(status_of(&status, "vf2")["device-info"], want("vfb0"));
+    let cni_files = || {
+        std::fs::read_dir(devinfo.join("cni"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(cni_files(), if cni_writes { 2 } else { 0 });
     c.env
         .cni_pod("DEL", tag, "default", "vf", None, &c.conf)
         .ok();
@@ -707,6 +735,7 @@ fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
         node.contains(&"vfa0".to_string()) && node.contains(&"vfb0".to_string()),
         "VFs returned: {node:?}"
     );
+    assert_eq!(cni_files(), 0, "DEL removes the CNI's device-info files");
     c.env
         .assert_clean(&[&bridge, "vfa0", "vfa1", "vfb0", "vfb1"]);
     // More VF networks than the kubelet allocated: refused before anything is attached.

@@ -11,6 +11,43 @@ use std::path::Path;
 
 pub const DEFAULT_CHECKPOINT: &str = "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
 pub const DEFAULT_POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+/// NPWG device-info spec: device plugins write `dp/`, CNIs write `cni/`.
+pub const DEFAULT_DEVICE_INFO_DIR: &str = "/var/run/k8s.cni.cncf.io/devinfo";
+
+/// The file a device plugin writes for one device (NPWG device-info spec).
+pub fn dp_device_info_path(dir: &Path, resource: &str, device_id: &str) -> std::path::PathBuf {
+    dir.join("dp").join(format!(
+        "{}-{}-device.json",
+        resource.replace('/', "-"),
+        device_id.replace('/', "-")
+    ))
+}
+
+/// The file plexus asks a CNI to write for one attachment.
+pub fn cni_device_info_path(
+    dir: &Path,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+) -> std::path::PathBuf {
+    dir.join("cni").join(format!(
+        "{}-{container_id}_{ifname}-device.json",
+        network.replace('/', "-")
+    ))
+}
+
+/// The device-info network-status shows: the CNI's if it wrote one, else the device plugin's.
+pub fn device_info(cni_file: Option<&str>, dp_file: &Path) -> Option<Value> {
+    let read = |p: &Path| {
+        std::fs::read(p)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(Value::is_object)
+    };
+    cni_file
+        .and_then(|f| read(Path::new(f)))
+        .or_else(|| read(dp_file))
+}
 /// Largest checkpoint file read.
 const MAX_CHECKPOINT_BYTES: u64 = 16 << 20;
 

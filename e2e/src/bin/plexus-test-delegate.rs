@@ -156,6 +156,11 @@ fn sriov(command: &str, conf: &Value) {
                 );
                 std::process::exit(1);
             }
+            // NPWG device-info: write it where the runtime asked, when it asked.
+            if let Some(file) = conf["runtimeConfig"]["CNIDeviceInfoFile"].as_str() {
+                let info = json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": format!("cni-{vf}")}});
+                std::fs::write(file, info.to_string()).expect("device-info file");
+            }
             println!(
                 "{}",
                 json!({"cniVersion": conf["cniVersion"], "interfaces": [{"name": ifname, "sandbox": netns}], "ips": [], "dns": {}})
