@@ -284,7 +284,7 @@ impl Chain {
                 Err(e) => {
                     // Undo what was started: this attachment and the ones before it.
                     record.attachments.truncate(k + 1);
-                    return Err(self.rollback(cache, record, e));
+                    return Err(self.undo(cache, record, e));
                 }
             }
         }
@@ -295,10 +295,6 @@ impl Chain {
     /// cache only those whose DEL failed (for the runtime's DEL to retry). Returns `cause`, with
     /// the rollback's errors in its details.
     pub fn undo(&self, cache: &ResultCache, record: &mut Record, cause: CniError) -> CniError {
-        self.rollback(cache, record, cause)
-    }
-
-    fn rollback(&self, cache: &ResultCache, record: &mut Record, cause: CniError) -> CniError {
         let failed = self.del_attachments(record);
         if failed.is_empty() {
             if let Err(e) = cache.remove(&record.container_id, &record.if_name) {

@@ -37,27 +37,27 @@ pub struct Outcome {
 /// Run one CNI invocation. Never panics on bad input; every failure is a CNI error object.
 pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
     STARTED.get_or_init(Instant::now);
-    // The version errors are printed in: the config's, when it has a usable one.
-    let version = sniff_version(&stdin);
     if stdin.len() > MAX_STDIN {
         return fail(
-            &version,
+            &stdin,
             CniError::new(
                 Code::INVALID_CONFIG,
                 format!("network config is larger than {MAX_STDIN} bytes"),
             ),
         );
     }
-    let req = match Request::from_env(env, stdin) {
-        Ok(r) => r,
-        Err(e) if std::env::var_os("CNI_COMMAND").is_some_and(|c| c == "DEL") => {
+    let is_del = env("CNI_COMMAND").is_some_and(|c| c == "DEL");
+    let req = match Request::from_env(env, Vec::new()) {
+        Ok(r) => Request { stdin, ..r },
+        Err(e) if is_del => {
+            crate::logging::init(None, None, true);
             tracing::warn!("DEL with unusable environment ({e}); nothing can have been attached");
             return ok(String::new());
         }
-        Err(e) => return fail(&version, e),
+        Err(e) => return fail(&stdin, e),
     };
     let result = match req.command() {
-        Command::Version => Ok(version_reply(&version)),
+        Command::Version => Ok(version_reply(&sniff_version(&req.stdin))),
         Command::Del => del(&req).map(|()| String::new()),
         cmd => prepare(&req).and_then(|conf| match cmd {
             Command::Add => add(&req, &conf),
@@ -78,10 +78,7 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
     }
     match result {
         Ok(out) => ok(out),
-        Err(e) => {
-            tracing::error!("{e}");
-            fail(&version, e)
-        }
+        Err(e) => fail(&req.stdin, e),
     }
 }
 
@@ -92,10 +89,15 @@ fn ok(stdout: String) -> Outcome {
     }
 }
 
-fn fail(version: &str, e: CniError) -> Outcome {
+/// The error object on stdout, in the config's version when it has a usable one (read only now,
+/// on the error path, so a successful call parses its config once). Logged too: with the
+/// config's settings if it got that far, else to stderr.
+fn fail(stdin: &[u8], e: CniError) -> Outcome {
+    crate::logging::init(None, None, true);
+    tracing::error!("{e}");
     Outcome {
         exit_code: 1,
-        stdout: e.to_json(version),
+        stdout: e.to_json(&sniff_version(stdin)),
     }
 }
 
@@ -441,7 +443,7 @@ fn apply_default_routes(
                 )
             })?;
         for (i, r) in results.iter_mut().enumerate() {
-            r.routes.retain(|rt| rt.dst != any && rt.dst != "default");
+            r.routes.retain(|rt| rt.dst != any);
             if i == owner {
                 r.routes.push(crate::cni::result::Route {
                     dst: any.to_string(),
@@ -477,6 +479,7 @@ fn del(req: &Request) -> Result<(), CniError> {
             Some(c)
         }
         Err(e) => {
+            crate::logging::init(None, None, true);
             tracing::warn!("DEL for {}: config unusable ({e}); deleting from the cache under {DEFAULT_CNI_DIR}", req.who());
             None
         }

@@ -49,6 +49,14 @@ pub fn plexus_bin() -> PathBuf {
         .unwrap_or_else(|| target_dir().join("plexus"))
 }
 
+/// The value after `flag` on the command line, for the suite's small binaries.
+pub fn flag(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(

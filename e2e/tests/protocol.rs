@@ -685,8 +685,18 @@ fn version_verb_and_errors_speak_the_config_version() {
     let e = env.cni_raw("ADD", &[], br#"{"cniVersion":"0.3.1"}"#);
     e.err(4);
     assert_eq!(e.json()["cniVersion"], "0.3.1");
-    let e = env.cni_raw("FROB", &[], b"{}");
+    let e = env.cni_raw("FROB", &[], br#"{"cniVersion":"0.4.0"}"#);
     e.err(4);
+    assert_eq!(
+        e.json()["cniVersion"],
+        "0.4.0",
+        "an env error still speaks the config's version"
+    );
+    assert!(
+        e.stderr.contains("unknown CNI_COMMAND"),
+        "refusals are logged to stderr: {:?}",
+        e.stderr
+    );
 }
 
 /// plexus itself killed half-way through an ADD (OOM, node pressure): the runtime's DEL still

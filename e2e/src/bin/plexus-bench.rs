@@ -217,12 +217,7 @@ fn enter(netns: &str) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |f: &str| {
-        args.iter()
-            .position(|a| a == f)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |f: &str| plexus_e2e::flag(&args, f);
     let iterations: usize = arg("--iterations")
         .map(|s| s.parse().unwrap())
         .unwrap_or(60);

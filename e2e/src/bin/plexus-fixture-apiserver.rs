@@ -89,6 +89,16 @@ fn status(
     respond(code, &body)
 }
 
+fn not_found(kind: Kind, name: &str) -> Response<Body> {
+    status(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", kind.plural()),
+        Some(kind),
+        name,
+    )
+}
+
 fn respond(code: u16, v: &Value) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap())
@@ -334,13 +344,7 @@ fn get(app: &App, kind: Kind, ns: &str, name: &str) -> Response<Body> {
     let st = app.state.lock().unwrap();
     match st.objects.get(&(kind, ns.to_string(), name.to_string())) {
         Some(o) => respond(200, o),
-        None => status(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", kind.plural()),
-            Some(kind),
-            name,
-        ),
+        None => not_found(kind, name),
     }
 }
 
@@ -401,13 +405,7 @@ fn replace(
     let mut st = app.state.lock().unwrap();
     let key = (kind, ns.to_string(), name.to_string());
     let Some(current) = st.objects.get(&key).cloned() else {
-        return status(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", kind.plural()),
-            Some(kind),
-            name,
-        );
+        return not_found(kind, name);
     };
     let sent_rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("");
     if !sent_rv.is_empty()
@@ -446,24 +444,13 @@ fn delete(app: &App, kind: Kind, ns: &str, name: &str) -> Response<Body> {
             let _ = app.events.send((kind, "DELETED".into(), o.clone()));
             respond(200, &o)
         }
-        None => status(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", kind.plural()),
-            Some(kind),
-            name,
-        ),
+        None => not_found(kind, name),
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |f: &str| plexus_e2e::flag(&args, f);
     let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
     let unix = arg("--unix");
     let token = arg("--token");

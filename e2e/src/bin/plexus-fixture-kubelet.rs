@@ -90,12 +90,7 @@ fn pods(v: &Value) -> Vec<PodResources> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |f: &str| {
-        args.iter()
-            .position(|a| a == f)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |f: &str| plexus_e2e::flag(&args, f);
     let socket = arg("--socket").expect("--socket PATH");
     let data: Value = serde_json::from_str(
         &std::fs::read_to_string(arg("--pods").expect("--pods FILE")).unwrap(),
