@@ -79,7 +79,20 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
             .unwrap(),
     );
     let start = Instant::now();
-    while !sock.exists() {
+    // The socket file exists from bind(2) on; ready is when the daemon answers.
+    loop {
+        let up = sock.exists()
+            && Command::new("ctr")
+                .arg("-a")
+                .arg(&sock)
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if up {
+            break;
+        }
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "containerd did not start"

@@ -470,13 +470,15 @@ fn main() {
         });
         let router = axum::Router::new().fallback(handle).with_state(app);
         let tcp = tokio::net::TcpListener::bind(&listen).await.expect("bind");
-        println!("listening on {}", tcp.local_addr().unwrap());
         if let Some(path) = unix {
             let _ = std::fs::remove_file(&path);
             let ul = tokio::net::UnixListener::bind(&path).expect("bind unix");
             let r = router.clone();
             tokio::spawn(async move { axum::serve(ul, r).await.unwrap() });
         }
+        // Announce only once both sockets listen: the unix socket's file appears at bind(2),
+        // before listen(2), so its existence alone is not readiness.
+        println!("listening on {}", tcp.local_addr().unwrap());
         use std::io::Write;
         std::io::stdout().flush().unwrap();
         axum::serve(tcp, router).await.unwrap();
