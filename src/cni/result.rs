@@ -13,15 +13,37 @@ use super::version::Version;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// `null` read as empty, as Go's encoding/json (and so libcni) reads it: Go plugins print a nil
+/// slice as `null` unless the field is `omitempty`.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniResult {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub interfaces: Vec<Interface>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ips: Vec<IpConfig>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub routes: Vec<Route>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub dns: Dns,
 }
 
@@ -71,13 +93,25 @@ pub struct Route {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dns {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub nameservers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub search: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub options: Vec<String>,
 }
 
@@ -269,6 +303,35 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn nulls_from_go_plugins_read_as_empty() {
+        // Go prints a nil slice as null; libcni reads it as empty, so does plexus.
+        let raw = br#"{"cniVersion":"1.0.0","interfaces":null,"ips":[{"address":"10.1.0.5/24"}],"routes":null,"dns":{"nameservers":null}}"#;
+        let (r, _) = CniResult::parse(raw, Version::V1_0_0).unwrap();
+        assert!(r.interfaces.is_empty() && r.routes.is_empty() && r.dns.nameservers.is_empty());
+        assert_eq!(r.ips.len(), 1);
+        let (r, _) =
+            CniResult::parse(br#"{"cniVersion":"0.4.0","dns":null}"#, Version::V1_0_0).unwrap();
+        assert_eq!(r, CniResult::default());
+    }
+
+    // The AWS VPC CNI's result packs a route table id and a VLAN id into "mac" and a device
+    // number into "sandbox"; plexus must carry such values through untouched.
+    #[test]
+    fn non_mac_values_in_mac_and_sandbox_survive_conversion() {
+        let raw = json!({"cniVersion": "0.4.0", "interfaces": [
+            {"name": "eni1"}, {"name": "eth0", "sandbox": "/var/run/netns/x", "mac": "254"},
+            {"name": "dummy1", "mac": "0", "sandbox": "0"}],
+            "ips": [{"version": "4", "address": "10.2.0.2/32", "gateway": "169.254.1.1", "interface": 1}]});
+        let (r, v) = CniResult::from_value(raw.clone(), Version::V1_0_0).unwrap();
+        let back = r.to_value(v).unwrap();
+        assert_eq!(back["interfaces"], raw["interfaces"]);
+        assert_eq!(
+            r.to_value(Version::V1_1_0).unwrap()["interfaces"][2],
+            json!({"name": "dummy1", "mac": "0", "sandbox": "0"})
+        );
+    }
 
     fn sample() -> CniResult {
         let v = json!({

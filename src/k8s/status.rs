@@ -53,10 +53,12 @@ pub fn build(inputs: &[StatusInput<'_>]) -> Vec<NetworkStatus> {
         let r = input.result;
         let sandboxed: Vec<usize> = (0..r.interfaces.len())
             .filter(|&i| {
+                // A netns path. Not just "non-empty": the AWS VPC CNI parks a device number in
+                // `sandbox` of a bookkeeping "dummy" interface.
                 r.interfaces[i]
                     .sandbox
                     .as_deref()
-                    .is_some_and(|s| !s.is_empty())
+                    .is_some_and(|s| s.starts_with('/'))
             })
             .collect();
         let entry = |interface: String, ips: Vec<String>, mac: Option<String>, mtu: Option<u32>| {
@@ -95,10 +97,22 @@ pub fn build(inputs: &[StatusInput<'_>]) -> Vec<NetworkStatus> {
                 })
                 .map(|ip| strip_prefix(&ip.address))
                 .collect();
-            out.push(entry(iface.name.clone(), ips, iface.mac.clone(), iface.mtu));
+            // Only a MAC is reported as one (AWS puts a route table id in the container
+            // interface's `mac`).
+            let mac = iface.mac.clone().filter(|m| is_mac(m));
+            out.push(entry(iface.name.clone(), ips, mac, iface.mtu));
         }
     }
     out
+}
+
+/// A hardware address as `ip link` prints one: 6 (Ethernet) or 20 (InfiniBand) hex octets.
+fn is_mac(s: &str) -> bool {
+    let octets: Vec<&str> = s.split(':').collect();
+    matches!(octets.len(), 6 | 20)
+        && octets
+            .iter()
+            .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -109,6 +123,35 @@ mod tests {
 
     fn result(v: Value) -> CniResult {
         CniResult::from_value(v, Version::V1_1_0).unwrap().0
+    }
+
+    #[test]
+    fn quirky_results_give_one_honest_entry() {
+        // AWS VPC CNI: route table id in the container interface's mac, a "dummy" with a device
+        // number for a sandbox. Calico: only the host veth, IPs without an index.
+        let aws = result(json!({"cniVersion": "0.4.0", "interfaces": [
+            {"name": "eni1"}, {"name": "eth0", "sandbox": "/var/run/netns/x", "mac": "254"},
+            {"name": "dummy1", "mac": "0", "sandbox": "0"}],
+            "ips": [{"version": "4", "address": "10.2.0.2/32", "gateway": "169.254.1.1", "interface": 1}]}));
+        let calico = result(
+            json!({"cniVersion": "0.3.1", "interfaces": [{"name": "cali1"}],
+            "ips": [{"version": "4", "address": "10.244.0.2/32"}]}),
+        );
+        for (r, ip) in [(&aws, "10.2.0.2"), (&calico, "10.244.0.2")] {
+            let s = build(&[StatusInput {
+                name: "cluster",
+                ifname: "eth0",
+                result: r,
+                default: true,
+                gateway: vec![],
+                device_info: None,
+            }]);
+            assert_eq!(s.len(), 1, "{s:?}");
+            assert_eq!(s[0].interface, "eth0");
+            assert_eq!(s[0].ips, vec![ip.to_string()]);
+            assert_eq!(s[0].mac, None, "not a MAC, so not reported as one");
+        }
+        assert!(is_mac("0a:58:0a:f4:01:49") && !is_mac("254") && !is_mac("0"));
     }
 
     #[test]
