@@ -102,6 +102,20 @@ impl Output {
     }
 }
 
+/// The roles of `plexus-standin` (see its docs), linked into every test's binDir.
+pub const STANDINS: [&str; 10] = [
+    "test-sriov",
+    "sriov",
+    "ipvlan",
+    "whereabouts",
+    "istio-cni",
+    "calico",
+    "calico-ipam",
+    "cilium-cni",
+    "aws-cni",
+    "flannel",
+];
+
 pub struct TestEnv {
     pub node: String,
     pub pod: String,
@@ -135,8 +149,14 @@ impl TestEnv {
             "build the workspace first: {} missing",
             delegate.display()
         );
-        for name in ["test-record", "test-fail", "test-hang", "test-sriov"] {
+        for name in ["test-record", "test-fail", "test-hang"] {
             std::os::unix::fs::symlink(&delegate, bin.join(name)).unwrap();
+        }
+        // Stand-ins for plugins this machine cannot run, under the real plugins' names (binDir
+        // is searched before CNI_PATH, so they shadow Debian's ipvlan).
+        let standin = target_dir().join("plexus-standin");
+        for name in STANDINS {
+            std::os::unix::fs::symlink(&standin, bin.join(name)).unwrap();
         }
         env
     }
@@ -176,7 +196,8 @@ impl TestEnv {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_COMMAND", verb)
             .env("CNI_NETNS", self.netns_path())
-            .env("CNI_PATH", &self.plugins);
+            .env("CNI_PATH", &self.plugins)
+            .env("PLEXUS_STANDIN_DIR", self.path().join("standin"));
         for (k, v) in vars {
             cmd.env(k, v);
         }

@@ -1,9 +1,13 @@
-//! Every recipe in delegates/ applied as a NAD through plexus (fixture API server, real plugins,
-//! real namespaces), checked against its expect.json, and DELeted without a trace.
+//! Every recipe in delegates/ applied through plexus (fixture API server, real plugins or the
+//! stand-ins of `plexus-standin`, real namespaces), checked against its expect.json, and DELeted
+//! without a trace. A recipe is either a NAD (`nad.yaml`, attached as `net1`) or a cluster
+//! network (`cluster.conflist`, attached as `eth0`).
 
-use plexus_e2e::{sh, Fixture, TestEnv};
+use plexus_e2e::{sh, target_dir, Fixture, TestEnv};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn recipes() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../delegates");
@@ -16,8 +20,8 @@ fn recipes() -> Vec<PathBuf> {
     v
 }
 
-/// Point a recipe at this test's node: data NICs become veths, host-local keeps its files in the
-/// test's directory.
+/// Point a recipe at this test's node: data NICs become veths; host-local, flannel and the dhcp
+/// daemon keep their files in the test's directory.
 fn localize(config: &str, env: &TestEnv) -> Value {
     let mut v: Value = serde_json::from_str(
         &config
@@ -26,9 +30,18 @@ fn localize(config: &str, env: &TestEnv) -> Value {
     )
     .unwrap();
     let name = v["name"].as_str().unwrap().to_string();
+    let dir = env.path().to_path_buf();
     let mut fix = |p: &mut Value| {
         if p["ipam"]["type"] == "host-local" {
             p["ipam"]["dataDir"] = json!(env.ipam_dir(&name));
+        }
+        if p["ipam"]["type"] == "dhcp" {
+            p["ipam"]["daemonSocketPath"] = json!(dir.join("dhcp.sock"));
+        }
+        if p["type"] == "flannel" {
+            p["subnetFile"] = json!(dir.join("subnet.env"));
+            p["dataDir"] = json!(dir.join("flannel"));
+            p["ipam"] = json!({"dataDir": env.ipam_dir(&name)});
         }
     };
     match v.get_mut("plugins").and_then(Value::as_array_mut) {
@@ -38,47 +51,180 @@ fn localize(config: &str, env: &TestEnv) -> Value {
     v
 }
 
+/// Processes a recipe needs on the node (a DHCP server, the dhcp plugin's daemon), killed when
+/// the recipe ends however it ends.
+struct Daemons(Vec<Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// busybox udhcpd on the master's veth peer and the dhcp plugin's daemon, both in the node netns.
+fn start_dhcp(env: &TestEnv, spec: &Value, daemons: &mut Daemons) {
+    let server = spec["server"].as_str().unwrap();
+    env.node(&["ip", "addr", "add", server, "dev", "rcm1"]);
+    let conf = env.path().join("udhcpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "start {}\nend {}\ninterface rcm1\nlease_file {}\noption subnet 255.255.255.0\noption lease 600\n",
+            spec["start"].as_str().unwrap(),
+            spec["end"].as_str().unwrap(),
+            env.path().join("udhcpd.leases").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(env.path().join("udhcpd.leases"), "").unwrap();
+    let spawn = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &env.node])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    daemons
+        .0
+        .push(spawn(&["busybox", "udhcpd", "-f", conf.to_str().unwrap()]));
+    let socket = env.path().join("dhcp.sock");
+    let dhcp = env.plugins.join("dhcp");
+    daemons.0.push(spawn(&[
+        dhcp.to_str().unwrap(),
+        "daemon",
+        "-socketpath",
+        socket.to_str().unwrap(),
+    ]));
+    let until = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < until, "dhcp daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Files the stand-ins keep (their datastore stand-in); empty when every address is released.
+fn standin_state(env: &TestEnv) -> Vec<String> {
+    let mut left = vec![];
+    for pool in std::fs::read_dir(env.path().join("standin"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(pool.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            left.push(f.path().display().to_string());
+        }
+    }
+    left
+}
+
 fn run(recipe: &Path) {
     let kind = recipe.file_name().unwrap().to_string_lossy().to_string();
     let expect: Value =
         serde_json::from_str(&std::fs::read_to_string(recipe.join("expect.json")).unwrap())
             .unwrap();
-    let nad: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(recipe.join("nad.yaml")).unwrap()).unwrap();
     let env = TestEnv::new(&format!("r-{kind}"));
     let api = Fixture::start(&env);
     env.node_veth("rcm0", "rcm1");
     env.node_veth("rcd0", "rcd1");
-    let name = nad["metadata"]["name"].as_str().unwrap();
-    api.create_nad(
-        "default",
-        name,
-        &localize(nad["spec"]["config"].as_str().unwrap(), &env),
-    );
-    let selection = expect
-        .get("selection")
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| name.to_string());
-    api.create_pod(
-        "default",
-        "r",
-        json!({"k8s.v1.cni.cncf.io/networks": selection}),
-    );
-    let mut ipam = env.host_local("cluster", "10.129.0.0/24");
-    ipam["routes"] = json!([]);
-    let mut conf = env.plexus_conf(
-        "1.1.0",
-        vec![json!({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
-        {"type": "bridge", "bridge": "rbr0", "ipam": ipam}]})],
-    );
+    let mut daemons = Daemons(vec![]);
+    if let Some(spec) = expect.get("dhcp") {
+        start_dhcp(&env, spec, &mut daemons);
+    }
+    if let Some(s) = expect["subnetEnv"].as_str() {
+        std::fs::write(env.path().join("subnet.env"), s).unwrap();
+    }
+    let cluster_file = recipe.join("cluster.conflist");
+    let cluster = cluster_file.is_file();
+    let mut conf;
+    let (name, ifname, status_name);
+    if cluster {
+        // The recipe is the cluster network: its conflist in the conf dir, plexus pointed at it.
+        let list = localize(&std::fs::read_to_string(&cluster_file).unwrap(), &env);
+        let dir = env.path().join("conf");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("10-{kind}.conflist"));
+        std::fs::write(&file, list.to_string()).unwrap();
+        conf = env.plexus_conf("1.1.0", vec![]);
+        conf.as_object_mut().unwrap().remove("delegates");
+        conf["clusterNetwork"] = json!(file);
+        name = list["name"].as_str().unwrap().to_string();
+        ifname = "eth0";
+        status_name = name.clone();
+        api.create_pod("default", "r", json!({}));
+    } else {
+        let nad: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(recipe.join("nad.yaml")).unwrap())
+                .unwrap();
+        name = nad["metadata"]["name"].as_str().unwrap().to_string();
+        api.create_nad_annotated(
+            "default",
+            &name,
+            &localize(nad["spec"]["config"].as_str().unwrap(), &env),
+            nad["metadata"]
+                .get("annotations")
+                .cloned()
+                .unwrap_or(json!({})),
+        );
+        let selection = expect
+            .get("selection")
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| name.clone());
+        let pod = api.create_pod(
+            "default",
+            "r",
+            json!({"k8s.v1.cni.cncf.io/networks": selection}),
+        );
+        let mut ipam = env.host_local("cluster", "10.129.0.0/24");
+        ipam["routes"] = json!([]);
+        conf = env.plexus_conf(
+            "1.1.0",
+            vec![json!({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
+            {"type": "bridge", "bridge": "rbr0", "ipam": ipam}]})],
+        );
+        if let Some(devices) = expect["devices"].as_object() {
+            // The kubelet's device-plugin checkpoint, allocating these devices to this pod (no
+            // PodResources socket, so plexus falls back to it).
+            let entries: Vec<Value> = devices
+                .iter()
+                .map(|(res, ids)| {
+                    json!({"PodUID": pod["metadata"]["uid"], "ContainerName": "c",
+                    "ResourceName": res, "DeviceIDs": {"0": ids}, "AllocResp": ""})
+                })
+                .collect();
+            let checkpoint = env.path().join("kubelet_internal_checkpoint");
+            std::fs::write(
+                &checkpoint,
+                json!({"Data": {"PodDeviceEntries": entries, "RegisteredDevices": {}}, "Checksum": 1}).to_string(),
+            )
+            .unwrap();
+            conf["deviceCheckpointFile"] = json!(checkpoint);
+            conf["podResourcesSocket"] = json!(env.path().join("no-kubelet.sock"));
+            conf["deviceInfoDir"] = json!(env.path().join("devinfo"));
+        }
+        ifname = "net1";
+        status_name = format!("default/{name}");
+    }
     conf["kubeconfig"] = json!(api.kubeconfig);
 
-    env.cni_pod("ADD", "rec", "default", "r", None, &conf).ok();
-    let link = env.pod_link("net1");
+    let result = env
+        .cni_pod("ADD", "rec", "default", "r", None, &conf)
+        .ok()
+        .json();
+    eprintln!("{kind}: ADD printed {result}");
+    let link = env.pod_link(ifname);
     if let Some(k) = expect["linkKind"].as_str() {
         assert_eq!(link["linkinfo"]["info_kind"], k, "{kind}");
     }
-    let addrs = env.pod_addrs("net1");
+    let addrs = env.pod_addrs(ifname);
     if let Some(a) = expect["address"].as_str() {
         assert!(addrs.iter().any(|x| x == a), "{kind}: {addrs:?}");
     }
@@ -107,10 +253,40 @@ fn run(recipe: &Path) {
         ]);
         assert_eq!(got.trim(), s[1].as_str().unwrap(), "{kind}");
     }
+    if let Some(r) = expect["podRoute"].as_str() {
+        let routes = env.pod_routes();
+        assert!(
+            routes.iter().any(|l| l.starts_with(r)),
+            "{kind}: no route {r} in {routes:?}"
+        );
+    }
+    if let Some(n) = expect["podNeigh"].as_str() {
+        let neigh = sh(&["ip", "-n", &env.pod, "neigh", "show", n]);
+        assert!(neigh.contains("PERMANENT"), "{kind}: {neigh}");
+    }
+    if let Some(c) = expect["podNat"].as_str() {
+        let nat = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &env.pod,
+            "iptables-save",
+            "-t",
+            "nat",
+        ]);
+        assert!(nat.contains(c), "{kind}: {nat}");
+    }
     for l in expect["nodeLinks"].as_array().into_iter().flatten() {
         assert!(
             env.node_links().iter().any(|n| n == l.as_str().unwrap()),
             "{kind}: no {l} on the node"
+        );
+    }
+    if let Some(p) = expect["nodeLinkPrefix"].as_str() {
+        assert!(
+            env.node_links().iter().any(|n| n.starts_with(p)),
+            "{kind}: no {p}* link on the node: {:?}",
+            env.node_links()
         );
     }
     if let Some(moved) = expect["nodeLinkMoved"].as_str() {
@@ -139,21 +315,63 @@ fn run(recipe: &Path) {
             "{kind}"
         );
     }
-    let status = api.network_status("default", "r");
-    assert!(
-        status
+    if let Some(want) = expect["resultInterfaces"].as_array() {
+        // The cluster network's own result, as plexus prints it: every interface kept, in order,
+        // quirks included.
+        let got: Vec<&str> = result["interfaces"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["name"] == format!("default/{name}") && s["interface"] == "net1"),
-        "{kind}: {status}"
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{kind}: {result}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.starts_with(w.as_str().unwrap()), "{kind}: {result}");
+        }
+        assert_eq!(result["cniVersion"], "1.1.0", "{kind}");
+    }
+    let status = api.network_status("default", "r");
+    let entries: Vec<&Value> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == status_name.as_str())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "{kind}: one entry for {status_name}: {status}"
     );
+    let entry = entries[0].clone();
+    if entry.get("mac").is_some() {
+        assert_eq!(entry["mac"], link["address"], "{kind}: {entry}");
+    }
+    assert_eq!(entry["default"] == true, cluster, "{kind}: {entry}");
+    let ips: Vec<&str> = entry["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| ips.contains(&a.split('/').next().unwrap())),
+        "{kind}: status ips {ips:?} vs {addrs:?}"
+    );
+    if entry.get("interface").is_some() {
+        assert_eq!(entry["interface"], ifname, "{kind}: {entry}");
+    }
+    eprintln!("{kind}: network-status {entry}");
+    if let Some(d) = expect["deviceInfo"].as_str() {
+        assert_eq!(entry["device-info"]["pci"]["pci-address"], d, "{kind}");
+    }
     if expect["noCheck"] != true {
         env.cni_pod("CHECK", "rec", "default", "r", None, &conf)
             .ok();
     }
     env.cni_pod("DEL", "rec", "default", "r", None, &conf).ok();
-    env.assert_clean(&["rbr0", "br-data", "rcm0", "rcm1", "rcd0", "rcd1"]);
+    env.assert_clean(&["rbr0", "br-data", "cni0", "rcm0", "rcm1", "rcd0", "rcd1"]);
     if let Some(moved) = expect["nodeLinkMoved"].as_str() {
         assert!(
             env.node_links().iter().any(|n| n == moved),
@@ -174,19 +392,37 @@ fn run(recipe: &Path) {
         );
     }
     assert!(
-        env.reservations(name).is_empty(),
+        env.reservations(&name).is_empty(),
         "{kind}: IP reservation left"
     );
+    assert!(
+        standin_state(&env).is_empty(),
+        "{kind}: stand-in allocation left: {:?}",
+        standin_state(&env)
+    );
+    if expect.get("subnetEnv").is_some() {
+        let saved = std::fs::read_dir(env.path().join("flannel"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(saved, 0, "{kind}: flannel's saved delegate config left");
+    }
+    drop(daemons);
 }
 
 #[test]
 fn every_recipe_runs_and_cleans_up() {
+    assert!(
+        target_dir().join("plexus-standin").is_file(),
+        "build the workspace first"
+    );
     let all = recipes();
-    assert!(all.len() >= 10, "recipes missing: {all:?}");
+    assert!(all.len() >= 19, "recipes missing: {all:?}");
+    let mut ran = vec![];
     for r in &all {
+        let has_config = r.join("nad.yaml").is_file() || r.join("cluster.conflist").is_file();
         assert!(
-            r.join("nad.yaml").is_file() && r.join("README.md").is_file(),
-            "{}: needs nad.yaml and README.md",
+            has_config && r.join("README.md").is_file(),
+            "{}: needs nad.yaml or cluster.conflist, and README.md",
             r.display()
         );
         assert!(
@@ -195,5 +431,7 @@ fn every_recipe_runs_and_cleans_up() {
             r.display()
         );
         run(r);
+        ran.push(r.file_name().unwrap().to_string_lossy().into_owned());
     }
+    eprintln!("recipes run: {}", ran.join(", "));
 }

@@ -4,9 +4,6 @@
 //! - `test-fail`: records, then fails with a CNI error (`failCode`, default 7) on the verbs in
 //!   `failOn` (default `["ADD"]`);
 //! - `test-hang`: records, then sleeps forever on the verbs in `hangOn` (default `["ADD"]`);
-//! - `test-sriov`: a stand-in for the SR-IOV CNI: on ADD moves the link named by the config's
-//!   `deviceID` (a veth playing a VF) into CNI_NETNS as CNI_IFNAME; on DEL moves it back under
-//!   its own name. What is already gone is success.
 //!
 //! On ADD it prints `prevResult` unchanged when given one (as a chained meta plugin must), else a
 //! result with one interface named CNI_IFNAME and the config's `address`, in the config's
@@ -84,10 +81,6 @@ fn main() {
         );
         std::process::exit(1);
     }
-    if role.contains("sriov") {
-        sriov(&command, &conf);
-        return;
-    }
     if command != "ADD" {
         return;
     }
@@ -123,56 +116,4 @@ fn main() {
         json!({"cniVersion": version, "interfaces": [iface], "ips": [ip], "dns": {}})
     };
     println!("{result}");
-}
-
-fn ip(args: &[&str]) -> bool {
-    std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn sriov(command: &str, conf: &Value) {
-    let vf = conf["deviceID"].as_str().unwrap_or("");
-    let ifname = env("CNI_IFNAME");
-    let netns = env("CNI_NETNS");
-    let ns = netns.rsplit('/').next().unwrap_or("").to_string();
-    match command {
-        "ADD" => {
-            if vf.is_empty() {
-                println!(
-                    "{}",
-                    json!({"cniVersion": conf["cniVersion"], "code": 7, "msg": "no deviceID in config"})
-                );
-                std::process::exit(1);
-            }
-            let ok = ip(&["link", "set", "dev", vf, "netns", &ns])
-                && ip(&["-n", &ns, "link", "set", "dev", vf, "name", &ifname])
-                && ip(&["-n", &ns, "link", "set", "dev", &ifname, "up"]);
-            if !ok {
-                println!(
-                    "{}",
-                    json!({"cniVersion": conf["cniVersion"], "code": 5, "msg": format!("cannot move VF {vf} into {netns}")})
-                );
-                std::process::exit(1);
-            }
-            // NPWG device-info: write it where the runtime asked, when it asked.
-            if let Some(file) = conf["runtimeConfig"]["CNIDeviceInfoFile"].as_str() {
-                let info = json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": format!("cni-{vf}")}});
-                std::fs::write(file, info.to_string()).expect("device-info file");
-            }
-            println!(
-                "{}",
-                json!({"cniVersion": conf["cniVersion"], "interfaces": [{"name": ifname, "sandbox": netns}], "ips": [], "dns": {}})
-            );
-        }
-        "DEL" => {
-            // Back to the node (this process's netns) under the VF's own name.
-            let me = std::process::id().to_string();
-            let _ = ip(&["-n", &ns, "link", "set", "dev", &ifname, "down"])
-                && ip(&["-n", &ns, "link", "set", "dev", &ifname, "name", vf])
-                && ip(&["-n", &ns, "link", "set", "dev", vf, "netns", &me]);
-        }
-        _ => {}
-    }
 }
