@@ -435,3 +435,62 @@ fn every_recipe_runs_and_cleans_up() {
     }
     eprintln!("recipes run: {}", ran.join(", "));
 }
+
+/// The istio-cni recipe's conflist as plexus's cluster network, in a fresh node.
+fn istio_cluster(tag: &str) -> (TestEnv, Fixture, Value) {
+    let env = TestEnv::new(tag);
+    let api = Fixture::start(&env);
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../delegates/istio-cni");
+    let list = localize(
+        &std::fs::read_to_string(recipe.join("cluster.conflist")).unwrap(),
+        &env,
+    );
+    let file = env.path().join("10-istio.conflist");
+    std::fs::write(&file, list.to_string()).unwrap();
+    let mut conf = env.plexus_conf("1.1.0", vec![]);
+    conf.as_object_mut().unwrap().remove("delegates");
+    conf["clusterNetwork"] = json!(file);
+    conf["kubeconfig"] = json!(api.kubeconfig);
+    (env, api, conf)
+}
+
+fn pod_nat(env: &TestEnv) -> String {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &env.pod,
+        "iptables-save",
+        "-t",
+        "nat",
+    ])
+}
+
+#[test]
+fn istio_cni_without_pod_identity_fails_and_rolls_back() {
+    // A runtime that sends no K8S_POD_* (ctr, podman): istio-cni refuses, plexus names it and
+    // undoes ptp and portmap.
+    let (env, _api, conf) = istio_cluster("r-istio-noid");
+    let msg = env.cni("ADD", "noid", "eth0", &conf).err(7);
+    assert!(
+        msg.contains("istio-cni") && msg.contains("K8S_POD_NAMESPACE"),
+        "{msg}"
+    );
+    assert!(msg.contains("k8s-pod-network"), "names the network: {msg}");
+    env.assert_clean(&[]);
+    assert!(env.reservations("k8s-pod-network").is_empty());
+    env.cni("DEL", "noid", "eth0", &conf).ok();
+}
+
+#[test]
+fn istio_cni_leaves_excluded_namespaces_alone() {
+    let (env, api, conf) = istio_cluster("r-istio-excl");
+    api.create_pod("kube-system", "dns", json!({}));
+    env.cni_pod("ADD", "excl", "kube-system", "dns", None, &conf)
+        .ok();
+    assert!(!env.pod_addrs("eth0").is_empty());
+    assert!(!pod_nat(&env).contains("ISTIO"), "{}", pod_nat(&env));
+    env.cni_pod("DEL", "excl", "kube-system", "dns", None, &conf)
+        .ok();
+    env.assert_clean(&[]);
+}
