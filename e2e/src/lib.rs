@@ -103,10 +103,11 @@ impl Output {
 }
 
 /// The roles of `plexus-standin` (see its docs), linked into every test's binDir.
-pub const STANDINS: [&str; 10] = [
+pub const STANDINS: [&str; 11] = [
     "test-sriov",
     "sriov",
     "ipvlan",
+    "vlan",
     "whereabouts",
     "istio-cni",
     "calico",

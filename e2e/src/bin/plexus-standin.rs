@@ -7,8 +7,9 @@
 //! `$PLEXUS_STANDIN_DIR` (default `/run/plexus-standin`).
 //!
 //! The role is the name it is invoked as (a symlink named like the real binary):
-//! - `ipvlan`: ipvlan's config (`master`, `mode` l2|l3|l3s, `mtu`, `ipam`). No ipvlan in this
-//!   kernel, so the link is a macvlan child of `master`; result as ipvlan's.
+//! - `ipvlan`, `vlan`: ipvlan's config (`master`, `mode` l2|l3|l3s, `mtu`, `ipam`) and vlan's
+//!   (`master`, `vlanId` 0–4094, `mtu`, `ipam`). This kernel has neither link type, so the link
+//!   is a macvlan child of `master`; the result is theirs.
 //! - `sriov` / `test-sriov`: the SR-IOV CNI. The `deviceID` names a veth playing the VF: ADD moves
 //!   it into the pod as CNI_IFNAME (with `mac`, `mtu`, `ipam`), writes NPWG device-info to
 //!   `runtimeConfig.CNIDeviceInfoFile`; DEL moves it back under its own name.
@@ -345,7 +346,7 @@ fn main() {
     }
     eprintln!("{role} (stand-in): {command} {} {}", c.cid, c.ifname);
     match role.as_str() {
-        "ipvlan" => ipvlan(&c),
+        "ipvlan" | "vlan" => child_link(&c),
         r if r.contains("sriov") => sriov(&c),
         "whereabouts" => whereabouts(&c),
         "istio-cni" => istio(&c),
@@ -360,15 +361,23 @@ fn main() {
 
 // ---- primary plugins ----
 
-fn ipvlan(c: &Cni) {
+/// ipvlan and vlan: a child link of `master`. This kernel has neither, so it is a macvlan.
+fn child_link(c: &Cni) {
     match c.command.as_str() {
         "ADD" => {
             let Some(master) = c.conf["master"].as_str() else {
                 c.fail(7, "\"master\" field is required. It specifies the host interface name to create the VLAN for.")
             };
-            let mode = c.conf["mode"].as_str().unwrap_or("l2");
-            if !["l2", "l3", "l3s"].contains(&mode) {
-                c.fail(7, format!("unknown ipvlan mode: {mode}"));
+            if c.role == "ipvlan" {
+                let mode = c.conf["mode"].as_str().unwrap_or("l2");
+                if !["l2", "l3", "l3s"].contains(&mode) {
+                    c.fail(7, format!("unknown ipvlan mode: {mode}"));
+                }
+            } else {
+                match c.conf["vlanId"].as_i64() {
+                    Some(id) if (0..=4094).contains(&id) => {}
+                    _ => c.fail(7, "invalid VLAN ID (must be between 0 and 4094)"),
+                }
             }
             if !link_exists(master) {
                 c.fail(
