@@ -102,6 +102,16 @@ impl Output {
     }
 }
 
+/// The `cniVersion` of the plexus config shipped in deploy/configmap.yaml, so the real-runtime
+/// tests prove that runtime accepts it.
+pub fn shipped_cni_version() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/configmap.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let key = "\"cniVersion\": \"";
+    let at = text.find(key).expect("cniVersion in deploy/configmap.yaml") + key.len();
+    text[at..].split('"').next().unwrap().to_string()
+}
+
 /// The roles of `plexus-standin` (see its docs), linked into every test's binDir.
 pub const STANDINS: [&str; 11] = [
     "test-sriov",

@@ -111,7 +111,7 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
     env.node_veth("ctrm0", "ctrm1");
     let mut cluster_ipam = env.host_local("cluster", "10.246.0.0/24");
     cluster_ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
-    let conflist = json!({"cniVersion": "1.0.0", "name": "plexus-ctr", "plugins": [{
+    let conflist = json!({"cniVersion": common::shipped_cni_version(), "name": "plexus-ctr", "plugins": [{
     "type": "plexus", "cniDir": env.cni_dir(), "binDir": "/opt/cni/bin", "logLevel": "info",
     "delegates": [
         {"cniVersion": "1.0.0", "name": "cluster", "plugins": [
