@@ -2,6 +2,11 @@
 //! host is never touched) and "pod" netns, a temp dir for binDir/cniDir/IPAM, and helpers to run
 //! the real `plexus` binary as a runtime would and to read back links, addresses and routes.
 
+/// The CRI RuntimeService subset the e2e suite drives containerd with (generated from
+/// proto/cri.proto by scripts/gen-protos).
+#[allow(clippy::all, dead_code)]
+pub mod cri;
+
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
