@@ -189,8 +189,7 @@ impl ClusterView for ApiView {
                 self.timeout,
             ));
         }
-        let uid = pod.metadata.uid.as_deref().unwrap_or("");
-        super::devices::read_checkpoint(&self.checkpoint, uid)
+        super::devices::read_checkpoint(&self.checkpoint, super::devices::checkpoint_uid(pod))
     }
 }
 

@@ -103,6 +103,16 @@ pub fn from_checkpoint(bytes: &[u8], pod_uid: &str) -> Result<PodDevices, CniErr
     Ok(PodDevices(out))
 }
 
+/// The UID the kubelet files the pod's devices under in its checkpoint: the API's UID, except for
+/// a static pod, whose mirror in the API has a UID of its own and carries the kubelet's in
+/// `kubernetes.io/config.mirror`.
+pub fn checkpoint_uid(pod: &k8s_openapi::api::core::v1::Pod) -> &str {
+    super::annotation(pod, super::CONFIG_MIRROR_ANNOTATION)
+        .filter(|m| !m.is_empty())
+        .or(pod.metadata.uid.as_deref())
+        .unwrap_or("")
+}
+
 /// The pod's devices from the checkpoint file; a missing file means no devices.
 pub fn read_checkpoint(path: &Path, pod_uid: &str) -> Result<PodDevices, CniError> {
     match std::fs::metadata(path) {
@@ -273,6 +283,24 @@ mod tests {
             .is_empty());
         assert!(from_checkpoint(b"{}", "x").is_err());
         assert!(from_checkpoint(b"garbage", "x").is_err());
+    }
+
+    #[test]
+    fn a_static_pods_devices_are_filed_under_the_kubelets_uid() {
+        let pod = |v: serde_json::Value| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(v).unwrap()
+        };
+        let plain = pod(json!({"metadata": {"name": "a", "uid": "pod-a"}}));
+        assert_eq!(checkpoint_uid(&plain), "pod-a");
+        // A mirror pod: its own API UID, the kubelet's UID (what the checkpoint uses) in the
+        // mirror annotation.
+        let mirror = pod(
+            json!({"metadata": {"name": "etcd-node1", "uid": "mirror-uid",
+            "annotations": {"kubernetes.io/config.mirror": "pod-b", "kubernetes.io/config.source": "file"}}}),
+        );
+        assert_eq!(checkpoint_uid(&mirror), "pod-b");
+        let d = from_checkpoint(&checkpoint(), checkpoint_uid(&mirror)).unwrap();
+        assert_eq!(d.0["intel.com/sriov_netdevice"], ["0000:3b:02.9"]);
     }
 
     #[test]
