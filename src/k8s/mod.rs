@@ -99,7 +99,7 @@ pub fn check_uid(pod_ref: &PodRef, pod: &Pod) -> Result<(), CniError> {
     }
     Err(CniError::new(
         Code::POD_UID_MISMATCH,
-        format!("pod {pod_ref}: K8S_POD_UID {want} is not the API's pod UID {have} (the pod was recreated)"),
+        format!("K8S_POD_UID {want} is not the API's pod UID {have} (the pod was recreated)"),
     ))
 }
 
