@@ -215,10 +215,12 @@ fn run(recipe: &Path) {
     }
     conf["kubeconfig"] = json!(api.kubeconfig);
 
+    let started = Instant::now();
     let result = env
         .cni_pod("ADD", "rec", "default", "r", None, &conf)
         .ok()
         .json();
+    let add_ms = started.elapsed().as_secs_f64() * 1e3;
     eprintln!("{kind}: ADD printed {result}");
     let link = env.pod_link(ifname);
     if let Some(k) = expect["linkKind"].as_str() {
@@ -370,7 +372,12 @@ fn run(recipe: &Path) {
         env.cni_pod("CHECK", "rec", "default", "r", None, &conf)
             .ok();
     }
+    let started = Instant::now();
     env.cni_pod("DEL", "rec", "default", "r", None, &conf).ok();
+    eprintln!(
+        "{kind}: ADD {add_ms:.1} ms, DEL {:.1} ms (debug build, cluster network included)",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     env.assert_clean(&["rbr0", "br-data", "cni0", "rcm0", "rcm1", "rcd0", "rcd1"]);
     if let Some(moved) = expect["nodeLinkMoved"].as_str() {
         assert!(
