@@ -91,7 +91,16 @@ fn start_dhcp(env: &TestEnv, spec: &Value, daemons: &mut Daemons) {
     };
     daemons
         .0
-        .push(spawn(&["busybox", "udhcpd", "-f", conf.to_str().unwrap()]));
+        // -a: udhcpd ARP-pings each address before offering it and waits 2 s per ping for an
+        // answer that, on this private segment, never comes.
+        .push(spawn(&[
+            "busybox",
+            "udhcpd",
+            "-f",
+            "-a",
+            "100",
+            conf.to_str().unwrap(),
+        ]));
     let socket = env.path().join("dhcp.sock");
     let dhcp = env.plugins.join("dhcp");
     daemons.0.push(spawn(&[
