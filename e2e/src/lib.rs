@@ -574,3 +574,67 @@ impl TestEnv {
             .to_string()
     }
 }
+
+/// A background process (a container runtime, a DHCP server…) killed when the test ends, however
+/// it ends.
+pub struct Daemon(pub std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the real-runtime tests (containerd, CRI, podman) share.
+impl TestEnv {
+    /// A busybox-static root filesystem under the test's directory with `tools` linked to
+    /// busybox: containers without an image or a registry.
+    pub fn busybox_rootfs(&self, name: &str, tools: &[&str]) -> PathBuf {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("busybox-static not installed: scripts/setup installs it");
+        let rootfs = self.path().join(name);
+        for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        for tool in tools {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+        }
+        rootfs
+    }
+
+    /// A plugin directory for a runtime: plexus and the reference plugins.
+    pub fn runtime_bin_dir(&self) -> PathBuf {
+        let bin = self.path().join("cni-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(plexus_bin(), bin.join("plexus")).unwrap();
+        for p in std::fs::read_dir(&self.plugins).unwrap() {
+            let p = p.unwrap().path();
+            std::os::unix::fs::symlink(&p, bin.join(p.file_name().unwrap())).unwrap();
+        }
+        bin
+    }
+
+    /// After the runtime's DEL: no cache, no IP reservation in `networks`, and no node link but
+    /// `lo` and `keep`.
+    #[track_caller]
+    pub fn assert_runtime_left_nothing(&self, networks: &[&str], keep: &[&str]) {
+        assert!(
+            self.cache_files().is_empty(),
+            "cache left: {:?}",
+            self.cache_files()
+        );
+        for n in networks {
+            assert!(
+                self.reservations(n).is_empty(),
+                "IP reservations left in {n}"
+            );
+        }
+        let mut node = self.node_links();
+        node.retain(|l| l != "lo" && !keep.contains(&l.as_str()));
+        assert!(node.is_empty(), "node links left: {node:?}");
+    }
+}

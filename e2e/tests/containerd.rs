@@ -6,20 +6,10 @@
 
 use plexus_e2e as common;
 
-use common::{plexus_bin, sh, TestEnv};
+use common::{sh, Daemon, TestEnv};
 use serde_json::json;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Containerd(Child);
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn which(bin: &str) -> bool {
     Command::new("sh")
@@ -38,21 +28,9 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
             "{bin} not installed: scripts/test installs containerd and runc"
         );
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("busybox-static not installed");
     let t = env.path();
-
     // A busybox rootfs; no image registry is needed.
-    let rootfs = t.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    for tool in ["sh", "ip", "cat"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
-    }
+    let rootfs = env.busybox_rootfs("rootfs", &["sh", "ip", "cat"]);
 
     // A private containerd.
     let cfg = t.join("containerd.toml");
@@ -63,7 +41,7 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
     .unwrap();
     let sock = t.join("containerd.sock");
     let log = std::fs::File::create(t.join("containerd.log")).unwrap();
-    let _daemon = Containerd(
+    let _daemon = Daemon(
         Command::new("containerd")
             .arg("--config")
             .arg(&cfg)
@@ -101,13 +79,7 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
     }
 
     // /opt/cni/bin as ctr will see it: plexus and the reference plugins.
-    let bin = t.join("cni-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(plexus_bin(), bin.join("plexus")).unwrap();
-    for p in std::fs::read_dir(&env.plugins).unwrap() {
-        let p = p.unwrap().path();
-        std::os::unix::fs::symlink(&p, bin.join(p.file_name().unwrap())).unwrap();
-    }
+    let bin = env.runtime_bin_dir();
     env.node_veth("ctrm0", "ctrm1");
     let mut cluster_ipam = env.host_local("cluster", "10.246.0.0/24");
     cluster_ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
@@ -161,18 +133,7 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
     );
 
     // The container has exited and ctr has run DEL: nothing is left.
-    assert!(
-        env.cache_files().is_empty(),
-        "cache left: {:?}",
-        env.cache_files()
-    );
-    assert!(
-        env.reservations("cluster").is_empty() && env.reservations("mv").is_empty(),
-        "IP reservations left"
-    );
-    let mut node = env.node_links();
-    node.retain(|l| !["lo", "plxctr0", "ctrm0", "ctrm1"].contains(&l.as_str()));
-    assert!(node.is_empty(), "node links left: {node:?}");
+    env.assert_runtime_left_nothing(&["cluster", "mv"], &["plxctr0", "ctrm0", "ctrm1"]);
     assert!(
         sh(&["ls", "/etc/cni/net.d"])
             .lines()

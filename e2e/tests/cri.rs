@@ -14,22 +14,13 @@ use common::cri::{
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StopPodSandboxRequest, VersionRequest,
 };
-use common::{plexus_bin, sh, Fixture, TestEnv};
+use common::{sh, Daemon, Fixture, TestEnv};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PAUSE: &str = "plexus.test/pause:1";
-
-struct Containerd(Child);
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn sha256(path: &Path) -> String {
     sh(&["sha256sum", path.to_str().unwrap()])
@@ -40,15 +31,9 @@ fn sha256(path: &Path) -> String {
 }
 
 /// An OCI image archive whose entrypoint sleeps (all a pause container does that matters here).
-fn pause_image(t: &Path) -> PathBuf {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("busybox-static not installed");
-    let rootfs = t.join("pause-rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep")).unwrap();
+fn pause_image(env: &TestEnv) -> PathBuf {
+    let t = env.path();
+    let rootfs = env.busybox_rootfs("pause-rootfs", &["sleep"]);
     let oci = t.join("pause-oci");
     let blobs = oci.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -144,13 +129,7 @@ fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
 
     // The node: plexus as the only CNI config, the reference plugins beside it.
-    let bin = t.join("cni-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(plexus_bin(), bin.join("plexus")).unwrap();
-    for p in std::fs::read_dir(&env.plugins).unwrap() {
-        let p = p.unwrap().path();
-        std::os::unix::fs::symlink(&p, bin.join(p.file_name().unwrap())).unwrap();
-    }
+    let bin = env.runtime_bin_dir();
     let mut cluster_ipam = env.host_local("cluster", "10.250.0.0/24");
     cluster_ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
     let netd = t.join("net.d");
@@ -192,7 +171,7 @@ fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
     )
     .unwrap();
     let log = std::fs::File::create(t.join("containerd.log")).unwrap();
-    let _daemon = Containerd(
+    let _daemon = Daemon(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", env.node))
             .arg("containerd")
@@ -255,7 +234,7 @@ fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
             "import",
             "--snapshotter",
             "native",
-            pause_image(&t).to_str().unwrap(),
+            pause_image(&env).to_str().unwrap(),
         ],
     );
 
@@ -351,17 +330,6 @@ fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
     .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", containerd_log()));
     rt.block_on(client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }))
         .unwrap();
-    assert!(
-        env.cache_files().is_empty(),
-        "cache left: {:?}",
-        env.cache_files()
-    );
-    assert!(
-        env.reservations("cluster").is_empty() && env.reservations("mv").is_empty(),
-        "IP reservations left"
-    );
-    let mut node = env.node_links();
-    node.retain(|l| !["lo", "plxcri0", "crim0", "crim1"].contains(&l.as_str()));
-    assert!(node.is_empty(), "node links left: {node:?}");
+    env.assert_runtime_left_nothing(&["cluster", "mv"], &["plxcri0", "crim0", "crim1"]);
     assert!(!Path::new(&netns).exists(), "sandbox netns {netns} left");
 }

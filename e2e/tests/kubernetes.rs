@@ -611,15 +611,6 @@ enum Devices {
     PodResourcesList,
 }
 
-struct Kubelet(std::process::Child);
-
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Two veths play the VFs the kubelet allocated to the pod; an SR-IOV stand-in moves the one named
 /// by the device ID into the pod, and back on DEL.
 fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
@@ -684,7 +675,7 @@ fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
             &mut line,
         )
         .unwrap();
-        _kubelet = Kubelet(child);
+        _kubelet = common::Daemon(child);
     }
     c.api.create_nad_annotated(
         "default",

@@ -9,9 +9,8 @@
 
 use plexus_e2e as common;
 
-use common::{plexus_bin, TestEnv};
+use common::TestEnv;
 use serde_json::json;
-use std::path::Path;
 use std::process::Command;
 
 fn podman(env: &TestEnv, args: &[&str]) -> (bool, String) {
@@ -50,29 +49,10 @@ fn podman_run_with_plexus_gives_eth0_net1_and_host_ports_and_leaves_nothing() {
             .is_ok_and(|o| o.status.success()),
         "podman not installed: scripts/setup installs it"
     );
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("busybox-static not installed");
     let t = env.path();
-
     // A busybox rootfs (`podman run --rootfs`: no image, no registry).
-    let rootfs = t.join("rootfs");
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    for tool in ["sh", "ip", "sleep"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
-    }
-
-    let bin = t.join("cni-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink(plexus_bin(), bin.join("plexus")).unwrap();
-    for p in std::fs::read_dir(&env.plugins).unwrap() {
-        let p = p.unwrap().path();
-        std::os::unix::fs::symlink(&p, bin.join(p.file_name().unwrap())).unwrap();
-    }
+    let rootfs = env.busybox_rootfs("rootfs", &["sh", "ip", "sleep"]);
+    let bin = env.runtime_bin_dir();
     let netd = t.join("net.d");
     std::fs::create_dir_all(&netd).unwrap();
     std::fs::write(
@@ -146,18 +126,7 @@ fn podman_run_with_plexus_gives_eth0_net1_and_host_ports_and_leaves_nothing() {
     );
 
     // podman has run DEL: nothing is left.
-    assert!(
-        env.cache_files().is_empty(),
-        "cache left: {:?}",
-        env.cache_files()
-    );
-    assert!(
-        env.reservations("cluster").is_empty() && env.reservations("mv").is_empty(),
-        "IP reservations left"
-    );
-    let mut node = env.node_links();
-    node.retain(|l| !["lo", "plxpm0", "pmm0", "pmm1"].contains(&l.as_str()));
-    assert!(node.is_empty(), "node links left: {node:?}");
+    env.assert_runtime_left_nothing(&["cluster", "mv"], &["plxpm0", "pmm0", "pmm1"]);
     assert!(
         !env.node(&["iptables-save", "-t", "nat"])
             .contains("--dport 18081"),

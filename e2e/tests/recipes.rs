@@ -3,10 +3,10 @@
 //! without a trace. A recipe is either a NAD (`nad.yaml`, attached as `net1`) or a cluster
 //! network (`cluster.conflist`, attached as `eth0`).
 
-use plexus_e2e::{sh, target_dir, Fixture, TestEnv};
+use plexus_e2e::{sh, target_dir, Daemon, Fixture, TestEnv};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn recipes() -> Vec<PathBuf> {
@@ -51,21 +51,9 @@ fn localize(config: &str, env: &TestEnv) -> Value {
     v
 }
 
-/// Processes a recipe needs on the node (a DHCP server, the dhcp plugin's daemon), killed when
-/// the recipe ends however it ends.
-struct Daemons(Vec<Child>);
-
-impl Drop for Daemons {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// busybox udhcpd on the master's veth peer and the dhcp plugin's daemon, both in the node netns.
-fn start_dhcp(env: &TestEnv, spec: &Value, daemons: &mut Daemons) {
+/// busybox udhcpd on the master's veth peer and the dhcp plugin's daemon, both in the node netns,
+/// killed when the recipe ends however it ends.
+fn start_dhcp(env: &TestEnv, spec: &Value, daemons: &mut Vec<Daemon>) {
     let server = spec["server"].as_str().unwrap();
     env.node(&["ip", "addr", "add", server, "dev", "rcm1"]);
     let conf = env.path().join("udhcpd.conf");
@@ -87,23 +75,22 @@ fn start_dhcp(env: &TestEnv, spec: &Value, daemons: &mut Daemons) {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Daemon)
             .unwrap()
     };
-    daemons
-        .0
-        // -a: udhcpd ARP-pings each address before offering it and waits 2 s per ping for an
-        // answer that, on this private segment, never comes.
-        .push(spawn(&[
-            "busybox",
-            "udhcpd",
-            "-f",
-            "-a",
-            "100",
-            conf.to_str().unwrap(),
-        ]));
+    // -a: udhcpd ARP-pings each address before offering it and waits 2 s per ping for an
+    // answer that, on this private segment, never comes.
+    daemons.push(spawn(&[
+        "busybox",
+        "udhcpd",
+        "-f",
+        "-a",
+        "100",
+        conf.to_str().unwrap(),
+    ]));
     let socket = env.path().join("dhcp.sock");
     let dhcp = env.plugins.join("dhcp");
-    daemons.0.push(spawn(&[
+    daemons.push(spawn(&[
         dhcp.to_str().unwrap(),
         "daemon",
         "-socketpath",
@@ -144,7 +131,7 @@ fn run(recipe: &Path) {
     let api = Fixture::start(&env);
     env.node_veth("rcm0", "rcm1");
     env.node_veth("rcd0", "rcd1");
-    let mut daemons = Daemons(vec![]);
+    let mut daemons: Vec<Daemon> = vec![];
     if let Some(spec) = expect.get("dhcp") {
         start_dhcp(&env, spec, &mut daemons);
     }
