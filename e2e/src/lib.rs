@@ -606,6 +606,63 @@ impl TestEnv {
         rootfs
     }
 
+    /// A private containerd with `config` (TOML), root, state and socket in the test's directory,
+    /// in the test's node netns when `in_node` (entered with nsenter, which keeps the host's
+    /// /sys/fs/cgroup for runc); returned once it answers `ctr version`, with its socket.
+    pub fn containerd(&self, config: &str, in_node: bool) -> (Daemon, PathBuf) {
+        let t = self.path();
+        let cfg = t.join("containerd.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let sock = t.join("containerd.sock");
+        let log = std::fs::File::create(t.join("containerd.log")).unwrap();
+        let mut cmd = if in_node {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{}", self.node))
+                .arg("containerd");
+            c
+        } else {
+            Command::new("containerd")
+        };
+        let daemon = Daemon(
+            cmd.arg("--config")
+                .arg(&cfg)
+                .arg("--address")
+                .arg(&sock)
+                .arg("--root")
+                .arg(t.join("root"))
+                .arg("--state")
+                .arg(t.join("state"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let start = std::time::Instant::now();
+        // The socket file exists from bind(2) on; ready is when the daemon answers.
+        while !(sock.exists()
+            && Command::new("ctr")
+                .arg("-a")
+                .arg(&sock)
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()))
+        {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "containerd did not start: {}",
+                self.containerd_log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (daemon, sock)
+    }
+
+    pub fn containerd_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("containerd.log")).unwrap_or_default()
+    }
+
     /// A plugin directory for a runtime: plexus and the reference plugins.
     pub fn runtime_bin_dir(&self) -> PathBuf {
         let bin = self.path().join("cni-bin");

@@ -6,10 +6,9 @@
 
 use plexus_e2e as common;
 
-use common::{sh, Daemon, TestEnv};
+use common::{sh, TestEnv};
 use serde_json::json;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn which(bin: &str) -> bool {
     Command::new("sh")
@@ -33,50 +32,10 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
     let rootfs = env.busybox_rootfs("rootfs", &["sh", "ip", "cat"]);
 
     // A private containerd.
-    let cfg = t.join("containerd.toml");
-    std::fs::write(
-        &cfg,
+    let (_daemon, sock) = env.containerd(
         "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
-    )
-    .unwrap();
-    let sock = t.join("containerd.sock");
-    let log = std::fs::File::create(t.join("containerd.log")).unwrap();
-    let _daemon = Daemon(
-        Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--address")
-            .arg(&sock)
-            .arg("--root")
-            .arg(t.join("root"))
-            .arg("--state")
-            .arg(t.join("state"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+        false,
     );
-    let start = Instant::now();
-    // The socket file exists from bind(2) on; ready is when the daemon answers.
-    loop {
-        let up = sock.exists()
-            && Command::new("ctr")
-                .arg("-a")
-                .arg(&sock)
-                .arg("version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        if up {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "containerd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     // /opt/cni/bin as ctr will see it: plexus and the reference plugins.
     let bin = env.runtime_bin_dir();
@@ -117,7 +76,7 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
         out.status.success(),
         "ctr run failed: {stdout}\n{}\ncontainerd log: {}",
         String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(t.join("containerd.log")).unwrap_or_default()
+        env.containerd_log()
     );
     assert!(
         stdout

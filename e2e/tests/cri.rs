@@ -14,7 +14,7 @@ use common::cri::{
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StopPodSandboxRequest, VersionRequest,
 };
-use common::{sh, Daemon, Fixture, TestEnv};
+use common::{sh, Fixture, TestEnv};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,11 +146,8 @@ fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
     )
     .unwrap();
 
-    let sock = t.join("containerd.sock");
-    let cfg = t.join("containerd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (_daemon, sock) = env.containerd(
+        &format!(
             r#"version = 2
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE}"
@@ -168,46 +165,18 @@ fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
             bin = bin.display(),
             netd = netd.display()
         ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(t.join("containerd.log")).unwrap();
-    let _daemon = Daemon(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", env.node))
-            .arg("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--address")
-            .arg(&sock)
-            .arg("--root")
-            .arg(t.join("root"))
-            .arg("--state")
-            .arg(t.join("state"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+        true,
     );
-    let containerd_log = || std::fs::read_to_string(t.join("containerd.log")).unwrap_or_default();
+    let containerd_log = || env.containerd_log();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let path = sock.clone();
     let mut client = rt.block_on(async {
         let start = Instant::now();
         loop {
-            let p = path.clone();
-            let connected = tonic::transport::Endpoint::from_static("http://containerd.invalid")
-                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                    let p = p.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(p).await?,
-                        ))
-                    }
-                }))
-                .await;
+            let connected =
+                plexus::k8s::devices::unix_channel(&sock, Duration::from_secs(10)).await;
             if let Ok(ch) = connected {
                 let mut c = RuntimeServiceClient::new(ch);
                 if c.version(VersionRequest {

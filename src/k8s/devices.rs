@@ -134,6 +134,27 @@ pub fn read_checkpoint(path: &Path, pod_uid: &str) -> Result<PodDevices, CniErro
     from_checkpoint(&bytes, pod_uid)
 }
 
+/// A gRPC channel over a unix socket (the kubelet's, a container runtime's), with `timeout` on
+/// connecting and on every call.
+pub async fn unix_channel(
+    socket: &Path,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://unix.invalid")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
+
 /// The pod's devices from the kubelet's PodResources v1 API on its unix socket: `Get` where the
 /// kubelet has it, else `List` filtered to the pod.
 pub async fn from_pod_resources(
@@ -150,18 +171,7 @@ pub async fn from_pod_resources(
             format!("kubelet PodResources at {}: {what}: {e}", socket.display()),
         )
     };
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://kubelet.invalid")
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    let channel = unix_channel(socket, timeout)
         .await
         .map_err(|e| err("connect", &e))?;
     let mut client = PodResourcesListerClient::new(channel);
