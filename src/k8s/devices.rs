@@ -36,17 +36,38 @@ pub fn cni_device_info_path(
     ))
 }
 
+/// Largest device-info file read (a real one is a few hundred bytes).
+const MAX_DEVICE_INFO_BYTES: u64 = 64 << 10;
+
 /// The device-info network-status shows: the CNI's if it wrote one, else the device plugin's.
+/// Each is read only if it is a regular file of at most 64 KiB; the CNI's, at a path plexus
+/// chose, is never followed through a symlink.
 pub fn device_info(cni_file: Option<&str>, dp_file: &Path) -> Option<Value> {
-    let read = |p: &Path| {
-        std::fs::read(p)
+    let read = |p: &Path, nofollow: bool| -> Option<Value> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
+        if nofollow {
+            flags |= libc::O_NOFOLLOW;
+        }
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(p)
+            .ok()?;
+        let meta = f.metadata().ok()?;
+        if !meta.is_file() || meta.len() > MAX_DEVICE_INFO_BYTES {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        f.take(MAX_DEVICE_INFO_BYTES).read_to_end(&mut bytes).ok()?;
+        serde_json::from_slice::<Value>(&bytes)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .filter(Value::is_object)
     };
     cni_file
-        .and_then(|f| read(Path::new(f)))
-        .or_else(|| read(dp_file))
+        .and_then(|f| read(Path::new(f), true))
+        .or_else(|| read(dp_file, false))
 }
 /// Largest checkpoint file read.
 const MAX_CHECKPOINT_BYTES: u64 = 16 << 20;
@@ -115,22 +136,25 @@ pub fn checkpoint_uid(pod: &k8s_openapi::api::core::v1::Pod) -> &str {
 
 /// The pod's devices from the checkpoint file; a missing file means no devices.
 pub fn read_checkpoint(path: &Path, pod_uid: &str) -> Result<PodDevices, CniError> {
-    match std::fs::metadata(path) {
+    use std::io::Read;
+    let io = |e: std::io::Error| CniError::new(Code::IO, format!("{}: {e}", path.display()));
+    let f = match std::fs::File::open(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PodDevices::default()),
-        Err(e) => return Err(CniError::new(Code::IO, format!("{}: {e}", path.display()))),
-        Ok(m) if m.len() > MAX_CHECKPOINT_BYTES => {
-            return Err(CniError::new(
-                Code::IO,
-                format!(
-                    "{}: larger than {MAX_CHECKPOINT_BYTES} bytes",
-                    path.display()
-                ),
-            ))
-        }
-        Ok(_) => {}
+        other => other.map_err(io)?,
+    };
+    let mut bytes = Vec::new();
+    f.take(MAX_CHECKPOINT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_CHECKPOINT_BYTES {
+        return Err(CniError::new(
+            Code::IO,
+            format!(
+                "{}: larger than {MAX_CHECKPOINT_BYTES} bytes",
+                path.display()
+            ),
+        ));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| CniError::new(Code::IO, format!("{}: {e}", path.display())))?;
     from_checkpoint(&bytes, pod_uid)
 }
 
@@ -311,6 +335,26 @@ mod tests {
         assert_eq!(checkpoint_uid(&mirror), "pod-b");
         let d = from_checkpoint(&checkpoint(), checkpoint_uid(&mirror)).unwrap();
         assert_eq!(d.0["intel.com/sriov_netdevice"], ["0000:3b:02.9"]);
+    }
+
+    #[test]
+    fn device_info_reads_are_capped_and_the_cnis_is_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let good = d.path().join("dp.json");
+        std::fs::write(&good, r#"{"type":"pci","version":"1.1.0"}"#).unwrap();
+        let cni = d.path().join("cni.json");
+        std::fs::write(&cni, r#"{"type":"pci","version":"1.1.0","pci":{}}"#).unwrap();
+        assert!(device_info(Some(cni.to_str().unwrap()), &good).unwrap()["pci"].is_object());
+        // A symlink where the CNI's file should be: not followed; the device plugin's instead.
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&cni, &link).unwrap();
+        let v = device_info(Some(link.to_str().unwrap()), &good).unwrap();
+        assert!(v.get("pci").is_none(), "{v}");
+        // Too large, or not a regular file: ignored.
+        let big = d.path().join("big.json");
+        std::fs::write(&big, format!("{{\"x\":\"{}\"}}", "a".repeat(70 << 10))).unwrap();
+        assert!(device_info(None, &big).is_none());
+        assert!(device_info(None, d.path()).is_none());
     }
 
     #[test]
