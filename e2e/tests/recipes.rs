@@ -158,7 +158,7 @@ fn run(recipe: &Path) {
         api.create_pod("default", "r", json!({}));
     } else {
         let nad: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(recipe.join("nad.yaml")).unwrap())
+            serde_yaml_ng::from_str(&std::fs::read_to_string(recipe.join("nad.yaml")).unwrap())
                 .unwrap();
         name = nad["metadata"]["name"].as_str().unwrap().to_string();
         api.create_nad_annotated(
