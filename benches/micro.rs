@@ -67,9 +67,15 @@ fn planning(c: &mut Criterion) {
         &[(NETWORKS_ANNOTATION, "net-0,net-1@data1,net-2,net-3")],
     );
     let pod = view.pods[&("default".to_string(), "p".to_string())].clone();
+    let files = plexus::config::ConfDir(conf.conf_dir.clone());
     c.bench_function("plan/resolve+plan, 4 NADs", |b| {
         b.iter(|| {
-            let r = resolve(black_box(&conf), Some(&view), Some(&pod)).unwrap();
+            let sources = plexus::plan::Sources {
+                files: &files,
+                cluster: Some(&view),
+                pod: Some(&pod),
+            };
+            let r = resolve(black_box(&conf), sources).unwrap();
             plan("eth0", &Map::new(), r).unwrap()
         })
     });

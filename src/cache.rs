@@ -1,69 +1,155 @@
-//! The result cache: what plexus attached for each (container, ifname), so DEL, CHECK and GC work
-//! without the API server and without the config that was used at ADD.
+//! The result cache: what plexus attached for each (network, container, ifname), so DEL, CHECK, GC
+//! and `plexus inspect` work without the API server and without the config that was used at ADD.
+//! Keyed as libcni keys its own cache, so one `cniDir` can serve several plexus networks (podman
+//! runs one per network) and GC of one never touches another's.
 //!
-//! Layout under `<cniDir>/plexus/`:
+//! Layout under `<cniDir>/plexus/` (directories 0700, files 0600):
 //!
 //! ```text
-//! attachments/<containerID>-<ifname>.json   one Record (JSON, mode 0600)
-//! locks/<containerID>-<ifname>.lock         flock(2) target; removed by the DEL that empties it
+//! attachments/<network>=<containerID>=<ifname>.json   one SandboxRecord (JSON)
+//! attachments/h-<sha256 of the key>.json               the same, when that name would pass 255 bytes
+//! attachments/<containerID>-<ifname>.json              a record of plexus < 0.2 (no network; DEL reads it)
+//! locks/<same name>.lock                               flock(2) target; removed by the DEL that empties it
 //! ```
 //!
-//! An ADD writes its record twice, whole (temp file in the same directory, then rename): before
-//! any delegate runs, listing every planned attachment as pending, and at the end with every
-//! result (fsynced). A crash of plexus at any point therefore leaves a record that names
+//! Network names and container IDs cannot contain `=`, so a readable name is never ambiguous; the
+//! record inside carries the whole key and a name that does not match it is not ours.
+//!
+//! An ADD writes its record twice, whole (temp file, fsync, rename, fsync of the directory):
+//! before any delegate runs, listing every planned attachment as pending, and at the end with
+//! every result. A crash or a power loss at any point therefore leaves a record that names
 //! everything that may exist; DEL of an attachment that was never added succeeds, as the spec
-//! requires of every plugin. Each write creates an inode, so there are two per ADD whatever the
-//! number of networks (see docs/benchmarks.md). A record that cannot be read (truncated,
-//! foreign, other kind) is reported as such and never stops a DEL.
+//! requires of every plugin. A record that cannot be read (truncated, foreign, other kind, a
+//! symlink, too large) is reported as such and never stops a DEL.
 
-use crate::cni::error::{io_error, CniError};
+use crate::cancel::Cancel;
+use crate::cni::error::{io_error, CniError, Code};
+use crate::plan::DelegateInputs;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-pub const KIND: &str = "plexusCacheV1";
+pub const KIND: &str = "plexusCacheV2";
+/// Records written before the cache was keyed by network name.
+const LEGACY_KIND: &str = "plexusCacheV1";
+/// Largest record read (a record holds every network's config and result).
+const MAX_RECORD_BYTES: u64 = 32 << 20;
 
+/// What one ADD attached to one sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Record {
+pub struct SandboxRecord {
     pub kind: String,
+    /// The plexus network (its config's `name`) that made it; empty in a legacy record.
+    #[serde(default)]
+    pub network: String,
     pub container_id: String,
     pub if_name: String,
     #[serde(default)]
     pub netns: String,
     #[serde(default)]
     pub cni_args: String,
-    /// The runtime's cniVersion at ADD.
-    pub cni_version: String,
+    /// The pod, `namespace/name`, when the runtime said which pod this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// When the ADD started (RFC 3339).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created: String,
     #[serde(default)]
-    pub attachments: Vec<CachedAttachment>,
+    pub attachments: Vec<AttachmentRecord>,
     /// DELs that failed for some attachment so far; see `chain::MAX_DEL_ATTEMPTS`.
     #[serde(default)]
     pub del_attempts: u32,
 }
 
+/// One attachment as recorded: enough to DEL, CHECK and GC it later, byte for byte.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CachedAttachment {
+pub struct AttachmentRecord {
+    /// The delegate network's name.
     pub network: String,
     pub ifname: String,
     #[serde(default)]
     pub cluster: bool,
-    /// The network config exactly as loaded (file bytes, or the inline delegate).
+    /// The network config exactly as loaded (file bytes, NAD config, or the inline delegate).
     pub config: String,
-    #[serde(default)]
-    pub capability_args: Map<String, Value>,
-    #[serde(default)]
-    pub cni_args: Map<String, Value>,
+    #[serde(flatten)]
+    pub inputs: DelegateInputs,
     /// The final ADD result, as the network's last plugin printed it; absent while pending.
     #[serde(default)]
     pub result: Option<Value>,
     /// The device-info file the CNI was asked to write (NPWG device-info); removed on DEL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_info_file: Option<String>,
+    /// What network-status calls it: `namespace/name` of its NAD, else the network's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status_name: String,
+    /// `(resource, device ID)` of a device-backed network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<(String, String)>,
+}
+
+/// Which record: the plexus network, the container and the runtime's ifname.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key<'a> {
+    pub network: &'a str,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+}
+
+impl Key<'_> {
+    /// The file name stem: readable when it fits in a file name, else a hash of the key.
+    fn stem(&self) -> String {
+        let readable = format!("{}={}={}", self.network, self.container_id, self.ifname);
+        if readable.len() + ".json".len() <= 255 {
+            return readable;
+        }
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [self.network, self.container_id, self.ifname] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let digest = h.finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("h-{hex}")
+    }
+
+    /// Where plexus before 0.2 kept the record (no network in the key).
+    fn legacy_stem(&self) -> Option<String> {
+        let s = format!("{}-{}", self.container_id, self.ifname);
+        (s.len() + ".json".len() <= 255).then_some(s)
+    }
+
+    fn matches(&self, r: &SandboxRecord) -> bool {
+        r.container_id == self.container_id
+            && r.if_name == self.ifname
+            && (r.network == self.network || r.kind == LEGACY_KIND)
+    }
+}
+
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "network {} container {} ifname {}",
+            self.network, self.container_id, self.ifname
+        )
+    }
+}
+
+impl SandboxRecord {
+    pub fn key(&self) -> Key<'_> {
+        Key {
+            network: &self.network,
+            container_id: &self.container_id,
+            ifname: &self.if_name,
+        }
+    }
 }
 
 /// The cache rooted at `<cniDir>/plexus`.
@@ -72,7 +158,7 @@ pub struct ResultCache {
     root: PathBuf,
 }
 
-/// An exclusive lock on one (container, ifname); released on drop.
+/// An exclusive lock on one key; released on drop.
 #[derive(Debug)]
 pub struct Lock {
     file: File,
@@ -89,7 +175,7 @@ impl Lock {
 
 pub enum Loaded {
     Missing,
-    Found(Record),
+    Found(SandboxRecord),
     /// The file exists but is not a record we can use; the reason is given.
     Unreadable(String),
 }
@@ -101,14 +187,12 @@ impl ResultCache {
         }
     }
 
-    fn key(container_id: &str, ifname: &str) -> String {
-        format!("{container_id}-{ifname}")
+    fn attachments_dir(&self) -> PathBuf {
+        self.root.join("attachments")
     }
 
-    pub fn record_path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.root
-            .join("attachments")
-            .join(format!("{}.json", Self::key(container_id, ifname)))
+    pub fn record_path(&self, key: &Key<'_>) -> PathBuf {
+        self.attachments_dir().join(format!("{}.json", key.stem()))
     }
 
     fn ensure_dir(dir: &Path) -> Result<(), CniError> {
@@ -120,19 +204,23 @@ impl ResultCache {
             .map_err(|e| io_error(format!("creating {}", dir.display()), e))
     }
 
-    /// Take the per-attachment lock. A lock file unlinked by a finishing DEL while we waited is
-    /// detected (different inode) and the lock is taken again on the new file.
-    pub fn lock(&self, container_id: &str, ifname: &str) -> Result<Lock, CniError> {
+    /// Take the lock of `key`, waiting until `until` at most (then code 11: another call for this
+    /// container holds it) or until the call is cancelled. A lock file unlinked by a finishing
+    /// DEL while we waited is detected (different inode) and the lock is taken again on the new
+    /// file.
+    pub fn lock(&self, key: &Key<'_>, until: Instant, cancel: &Cancel) -> Result<Lock, CniError> {
         let dir = self.root.join("locks");
-        let path = dir.join(format!("{}.lock", Self::key(container_id, ifname)));
+        let path = dir.join(format!("{}.lock", key.stem()));
         let open = || {
             OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(&path)
         };
+        let mut backoff = Duration::from_millis(1);
         loop {
             let file = match open() {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -142,10 +230,30 @@ impl ResultCache {
                 other => other,
             }
             .map_err(|e| io_error(format!("opening lock {}", path.display()), e))?;
-            file.lock()
-                .map_err(|e| io_error(format!("locking {}", path.display()), e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if Instant::now() >= until {
+                        return Err(CniError::new(
+                            Code::TRY_AGAIN_LATER,
+                            format!("another CNI call for {key} still holds {}", path.display()),
+                        ));
+                    }
+                    if cancel.sleep(backoff.min(until.saturating_duration_since(Instant::now()))) {
+                        return Err(CniError::new(
+                            Code::TRY_AGAIN_LATER,
+                            format!("cancelled while waiting for the lock of {key}"),
+                        ));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_millis(50));
+                    continue;
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(io_error(format!("locking {}", path.display()), e))
+                }
+            }
             let held = file.metadata().map_err(|e| io_error("stat lock", e))?;
-            match std::fs::metadata(&path) {
+            match std::fs::symlink_metadata(&path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
                     return Ok(Lock { file, path })
                 }
@@ -154,37 +262,72 @@ impl ResultCache {
         }
     }
 
-    pub fn load(&self, container_id: &str, ifname: &str) -> Loaded {
-        Self::load_path(&self.record_path(container_id, ifname))
+    /// The record of `key`, or one of plexus before 0.2 for the same container and ifname.
+    pub fn load(&self, key: &Key<'_>) -> Loaded {
+        match Self::load_path(&self.record_path(key)) {
+            Loaded::Found(r) if !key.matches(&r) => Loaded::Unreadable(format!(
+                "{}: holds {}, not {key}",
+                self.record_path(key).display(),
+                r.key()
+            )),
+            Loaded::Missing => match key.legacy_stem() {
+                Some(stem) => {
+                    match Self::load_path(&self.attachments_dir().join(format!("{stem}.json"))) {
+                        Loaded::Found(r) if r.kind == LEGACY_KIND && key.matches(&r) => {
+                            Loaded::Found(r)
+                        }
+                        _ => Loaded::Missing,
+                    }
+                }
+                None => Loaded::Missing,
+            },
+            other => other,
+        }
     }
 
     fn load_path(path: &Path) -> Loaded {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+        {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
             Err(e) => return Loaded::Unreadable(format!("{}: {e}", path.display())),
         };
-        match serde_json::from_slice::<Record>(&bytes) {
-            Ok(r) if r.kind == KIND => Loaded::Found(r),
+        match file.metadata() {
+            Ok(m) if !m.is_file() => {
+                return Loaded::Unreadable(format!("{}: not a regular file", path.display()))
+            }
+            Ok(m) if m.len() > MAX_RECORD_BYTES => {
+                return Loaded::Unreadable(format!(
+                    "{}: larger than {MAX_RECORD_BYTES} bytes",
+                    path.display()
+                ))
+            }
+            Err(e) => return Loaded::Unreadable(format!("{}: {e}", path.display())),
+            Ok(_) => {}
+        }
+        let mut bytes = Vec::new();
+        if let Err(e) = file.take(MAX_RECORD_BYTES).read_to_end(&mut bytes) {
+            return Loaded::Unreadable(format!("{}: {e}", path.display()));
+        }
+        match serde_json::from_slice::<SandboxRecord>(&bytes) {
+            Ok(r) if r.kind == KIND || r.kind == LEGACY_KIND => Loaded::Found(r),
             Ok(r) => Loaded::Unreadable(format!("{}: unknown kind \"{}\"", path.display(), r.kind)),
             Err(e) => Loaded::Unreadable(format!("{}: {e}", path.display())),
         }
     }
 
-    /// Write a record atomically: temp file, rename; fsync the data first when `durable`.
-    pub fn store(&self, record: &Record) -> Result<(), CniError> {
-        self.write(record, false)
-    }
-
-    /// [`ResultCache::store`], fsynced: the record a finished ADD leaves.
-    pub fn store_durable(&self, record: &Record) -> Result<(), CniError> {
-        self.write(record, true)
-    }
-
-    fn write(&self, record: &Record, durable: bool) -> Result<(), CniError> {
-        let dir = self.root.join("attachments");
-        let path = self.record_path(&record.container_id, &record.if_name);
-        let bytes = serde_json::to_vec(record).expect("record serializes");
+    /// Write a record durably and atomically: temp file, fsync, rename, fsync of the directory. A
+    /// legacy record it replaces is removed.
+    pub fn store(&self, record: &SandboxRecord) -> Result<(), CniError> {
+        let dir = self.attachments_dir();
+        let key = record.key();
+        let path = self.record_path(&key);
+        let mut record = record.clone();
+        record.kind = KIND.into();
+        let bytes = serde_json::to_vec(&record).expect("record serializes");
         let write = || -> std::io::Result<()> {
             // Directories are made on first use only: a mkdir per write is measurable.
             let mut tmp = match tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir) {
@@ -195,28 +338,38 @@ impl ResultCache {
                 other => other?,
             };
             tmp.write_all(&bytes)?;
-            if durable {
-                tmp.as_file().sync_data()?;
-            }
+            tmp.as_file().sync_data()?;
             tmp.persist(&path).map_err(|e| e.error)?;
-            Ok(())
+            File::open(&dir)?.sync_all()
         };
-        write().map_err(|e| io_error(format!("writing cache {}", path.display()), e))
-    }
-
-    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
-        let path = self.record_path(container_id, ifname);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io_error(format!("removing {}", path.display()), e))
-            }
-            _ => Ok(()),
+        write().map_err(|e| io_error(format!("writing cache {}", path.display()), e))?;
+        if let Some(stem) = key.legacy_stem() {
+            let _ = std::fs::remove_file(dir.join(format!("{stem}.json")));
         }
+        Ok(())
     }
 
-    /// Every record in the cache (for GC). Unreadable files are returned with their path.
+    /// Remove the record of `key` (and a legacy record for the same container and ifname).
+    pub fn remove(&self, key: &Key<'_>) -> Result<(), CniError> {
+        let mut paths = vec![self.record_path(key)];
+        if let Some(stem) = key.legacy_stem() {
+            paths.push(self.attachments_dir().join(format!("{stem}.json")));
+        }
+        for path in paths {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_error(format!("removing {}", path.display()), e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record in the cache, in file-name order, with its path (for GC and inspect).
+    /// Unreadable files are returned as such.
     pub fn all(&self) -> Vec<(PathBuf, Loaded)> {
-        let Ok(rd) = std::fs::read_dir(self.root.join("attachments")) else {
+        let Ok(rd) = std::fs::read_dir(self.attachments_dir()) else {
             return vec![];
         };
         let mut out: Vec<(PathBuf, Loaded)> = rd
@@ -232,29 +385,52 @@ impl ResultCache {
     }
 }
 
+/// Now, as RFC 3339, for `SandboxRecord::created`.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
 
-    fn record(id: &str) -> Record {
-        Record {
+    fn record(net: &str, id: &str) -> SandboxRecord {
+        SandboxRecord {
             kind: KIND.into(),
+            network: net.into(),
             container_id: id.into(),
             if_name: "eth0".into(),
             netns: "/n".into(),
             cni_args: String::new(),
-            cni_version: "1.1.0".into(),
-            attachments: vec![CachedAttachment {
+            pod: None,
+            created: String::new(),
+            attachments: vec![AttachmentRecord {
                 network: "a".into(),
                 ifname: "eth0".into(),
                 cluster: true,
                 config: r#"{"name":"a", "type":"bridge"}"#.into(),
-                capability_args: Map::new(),
-                cni_args: Map::new(),
+                inputs: DelegateInputs {
+                    capability_args: Map::new(),
+                    cni_args: Map::new(),
+                },
                 result: None,
                 device_info_file: None,
+                status_name: String::new(),
+                device: None,
             }],
             del_attempts: 0,
+        }
+    }
+
+    fn key<'a>(net: &'a str, id: &'a str) -> Key<'a> {
+        Key {
+            network: net,
+            container_id: id,
+            ifname: "eth0",
         }
     }
 
@@ -262,58 +438,154 @@ mod tests {
     fn store_load_remove() {
         let d = tempfile::tempdir().unwrap();
         let c = ResultCache::new(d.path());
-        assert!(matches!(c.load("x", "eth0"), Loaded::Missing));
-        c.store(&record("x")).unwrap();
-        match c.load("x", "eth0") {
-            Loaded::Found(r) => assert_eq!(r, record("x")),
+        assert!(matches!(c.load(&key("p", "x")), Loaded::Missing));
+        c.store(&record("p", "x")).unwrap();
+        match c.load(&key("p", "x")) {
+            Loaded::Found(r) => assert_eq!(r, record("p", "x")),
             _ => panic!("not found"),
         }
         // The config bytes survive exactly, spacing included.
-        let raw = std::fs::read_to_string(c.record_path("x", "eth0")).unwrap();
+        let raw = std::fs::read_to_string(c.record_path(&key("p", "x"))).unwrap();
         assert!(raw.contains(r#""{\"name\":\"a\", \"type\":\"bridge\"}""#));
-        c.remove("x", "eth0").unwrap();
-        c.remove("x", "eth0").unwrap();
-        assert!(matches!(c.load("x", "eth0"), Loaded::Missing));
+        c.remove(&key("p", "x")).unwrap();
+        c.remove(&key("p", "x")).unwrap();
+        assert!(matches!(c.load(&key("p", "x")), Loaded::Missing));
     }
 
     #[test]
-    fn truncated_and_foreign_files_are_unreadable_not_fatal() {
+    fn networks_sharing_a_cni_dir_keep_apart() {
         let d = tempfile::tempdir().unwrap();
         let c = ResultCache::new(d.path());
-        c.store(&record("x")).unwrap();
-        let p = c.record_path("x", "eth0");
+        c.store(&record("podman", "x")).unwrap();
+        c.store(&record("other", "x")).unwrap();
+        c.remove(&key("other", "x")).unwrap();
+        assert!(matches!(c.load(&key("podman", "x")), Loaded::Found(_)));
+        assert!(matches!(c.load(&key("other", "x")), Loaded::Missing));
+    }
+
+    #[test]
+    fn a_1024_byte_container_id_gets_a_hashed_name_del_can_find() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache::new(d.path());
+        let id = "a".repeat(1024);
+        c.store(&record("plexus", &id)).unwrap();
+        let path = c.record_path(&key("plexus", &id));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(name.len() <= 255 && name.starts_with("h-"), "{name}");
+        assert!(matches!(c.load(&key("plexus", &id)), Loaded::Found(r) if r.container_id == id));
+        let lock = c
+            .lock(&key("plexus", &id), Instant::now(), &Cancel::never())
+            .unwrap();
+        c.remove(&key("plexus", &id)).unwrap();
+        lock.remove();
+        assert!(c.all().is_empty());
+    }
+
+    #[test]
+    fn legacy_records_are_found_by_del_and_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache::new(d.path());
+        let dir = d.path().join("plexus/attachments");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut old = serde_json::to_value(record("", "x")).unwrap();
+        old["kind"] = "plexusCacheV1".into();
+        old.as_object_mut().unwrap().remove("network");
+        old["cniVersion"] = "1.0.0".into();
+        std::fs::write(dir.join("x-eth0.json"), old.to_string()).unwrap();
+        let Loaded::Found(mut r) = c.load(&key("plexus", "x")) else {
+            panic!("legacy record not found")
+        };
+        assert_eq!(r.network, "");
+        r.network = "plexus".into();
+        c.store(&r).unwrap();
+        assert!(
+            !dir.join("x-eth0.json").exists(),
+            "replaced by the keyed record"
+        );
+        assert!(matches!(c.load(&key("plexus", "x")), Loaded::Found(r) if r.kind == KIND));
+    }
+
+    #[test]
+    fn truncated_foreign_and_planted_files_are_unreadable_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache::new(d.path());
+        c.store(&record("p", "x")).unwrap();
+        let p = c.record_path(&key("p", "x"));
         let full = std::fs::read(&p).unwrap();
         std::fs::write(&p, &full[..full.len() / 2]).unwrap();
-        assert!(matches!(c.load("x", "eth0"), Loaded::Unreadable(_)));
+        assert!(matches!(c.load(&key("p", "x")), Loaded::Unreadable(_)));
         std::fs::write(
             &p,
             r#"{"kind":"cniCacheV1","containerId":"x","ifName":"eth0","cniVersion":"1.0.0"}"#,
         )
         .unwrap();
-        assert!(matches!(c.load("x", "eth0"), Loaded::Unreadable(m) if m.contains("cniCacheV1")));
-        std::fs::write(c.record_path("y", "eth0"), b"\xff\xfe").unwrap();
-        assert_eq!(c.all().len(), 2);
+        assert!(
+            matches!(c.load(&key("p", "x")), Loaded::Unreadable(m) if m.contains("cniCacheV1"))
+        );
+        // A record under another key's name is not this key's.
+        std::fs::write(&p, serde_json::to_vec(&record("p", "other")).unwrap()).unwrap();
+        assert!(matches!(c.load(&key("p", "x")), Loaded::Unreadable(m) if m.contains("other")));
+        // A symlink planted where a record would be is never followed.
+        let secret = d.path().join("secret.json");
+        std::fs::write(&secret, serde_json::to_vec(&record("p", "y")).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&secret, c.record_path(&key("p", "y"))).unwrap();
+        assert!(matches!(c.load(&key("p", "y")), Loaded::Unreadable(_)));
+        std::fs::write(c.record_path(&key("p", "z")), b"\xff\xfe").unwrap();
+        assert_eq!(c.all().len(), 3);
     }
 
     #[test]
-    fn lock_is_exclusive_and_survives_unlink() {
+    fn records_are_private() {
+        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let c = ResultCache::new(d.path());
-        let l = c.lock("x", "eth0").unwrap();
+        c.store(&record("p", "x")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&c.record_path(&key("p", "x"))), 0o600);
+        assert_eq!(mode(&d.path().join("plexus/attachments")), 0o700);
+        let l = c
+            .lock(&key("p", "x"), Instant::now(), &Cancel::never())
+            .unwrap();
+        assert_eq!(mode(&l.path), 0o600);
+        assert_eq!(mode(&d.path().join("plexus/locks")), 0o700);
+    }
+
+    #[test]
+    fn lock_is_exclusive_bounded_and_survives_unlink() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache::new(d.path());
+        let never = Cancel::never();
+        let l = c.lock(&key("p", "x"), Instant::now(), &never).unwrap();
+        // Held: a bounded wait gives up with "try again later".
+        let t = Instant::now();
+        let e = c
+            .lock(
+                &key("p", "x"),
+                Instant::now() + Duration::from_millis(200),
+                &never,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, Code::TRY_AGAIN_LATER);
+        assert!(t.elapsed() >= Duration::from_millis(200) && t.elapsed() < Duration::from_secs(3));
         let c2 = c.clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        let t = std::thread::spawn(move || {
-            let l2 = c2.lock("x", "eth0").unwrap();
+        let th = std::thread::spawn(move || {
+            let l2 = c2
+                .lock(
+                    &key("p", "x"),
+                    Instant::now() + Duration::from_secs(10),
+                    &Cancel::never(),
+                )
+                .unwrap();
             tx.send(()).unwrap();
             l2.remove();
         });
         assert!(
-            rx.recv_timeout(std::time::Duration::from_millis(200))
-                .is_err(),
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
             "second lock taken while held"
         );
         l.remove();
-        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
-        t.join().unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        th.join().unwrap();
     }
 }

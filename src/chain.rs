@@ -1,85 +1,52 @@
 //! Executing a plan: each network's plugins in order with `prevResult` passing, as libcni does for a
-//! conflist; attachments in order on ADD with rollback in reverse on failure; DEL in reverse from
-//! the cache, best-effort; CHECK/STATUS/GC on every attachment.
+//! conflist; attachments in order on ADD (stopping at the first failure, for the engine to undo);
+//! DEL in reverse from the cache, best-effort; CHECK/STATUS/GC on every attachment.
 
-use crate::cache::{CachedAttachment, Record, ResultCache};
+use crate::cache::{AttachmentRecord, SandboxRecord};
+use crate::cancel::Cancel;
 use crate::cni::error::{CniError, Code};
 use crate::cni::exec::{self, Invocation};
 use crate::cni::{CniResult, Command, Version};
 use crate::config::Network;
-use crate::plan::{runtime_config_for, Attachment};
+use crate::plan::{runtime_config_for, Attachment, DelegateInputs};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// After this many DELs that failed for the same attachments, DEL gives up on them (logging what
 /// may be left) so that a broken delegate cannot keep a pod from being deleted forever.
 pub const MAX_DEL_ATTEMPTS: u32 = 5;
 
-/// What a network's plugins are called with besides the runtime's env: capability args (each
-/// plugin sees those it declares), `args.cni` additions, and extra top-level keys (GC's list).
-#[derive(Debug, Clone, Default)]
-pub struct Inputs {
-    pub capability_args: Map<String, Value>,
-    pub cni_args: Map<String, Value>,
-    pub extra: Map<String, Value>,
-}
-
-/// Anything that carries an attachment's per-plugin inputs: a planned or a cached attachment.
-pub trait HasInputs {
-    fn capability_args(&self) -> &Map<String, Value>;
-    fn cni_args(&self) -> &Map<String, Value>;
-}
-
-impl HasInputs for Attachment {
-    fn capability_args(&self) -> &Map<String, Value> {
-        &self.capability_args
-    }
-    fn cni_args(&self) -> &Map<String, Value> {
-        &self.cni_args
-    }
-}
-
-impl HasInputs for CachedAttachment {
-    fn capability_args(&self) -> &Map<String, Value> {
-        &self.capability_args
-    }
-    fn cni_args(&self) -> &Map<String, Value> {
-        &self.cni_args
-    }
-}
-
-impl Inputs {
-    pub fn of(a: &impl HasInputs) -> Inputs {
-        Inputs {
-            capability_args: a.capability_args().clone(),
-            cni_args: a.cni_args().clone(),
-            extra: Map::new(),
-        }
-    }
-}
-
-/// How to reach the delegates for one container.
+/// How to reach the delegates for one container, and the call's limits.
 #[derive(Debug, Clone)]
 pub struct Chain {
     pub container_id: String,
     pub netns: String,
+    pub netns_override: bool,
     pub cni_args: String,
     /// binDir, then the runtime's CNI_PATH.
     pub search_path: Vec<PathBuf>,
+    /// What the admin gives delegates besides the CNI variables.
+    pub env: Vec<(String, String)>,
+    /// Each delegate's limit.
     pub timeout: Duration,
+    /// The whole call's deadline (ADD): no delegate runs past it. DEL and rollback are not bound
+    /// by it: undoing must finish.
+    pub deadline: Option<Instant>,
+    pub cancel: Cancel,
     /// "container X (pod ns/name)", for messages.
     pub who: String,
 }
 
 /// The config one plugin of a network is called with: the plugin's own keys, plus `name` and
-/// `cniVersion` of the network, its filtered `runtimeConfig`, `args.cni` additions and `prevResult`.
+/// `cniVersion` of the network, its filtered `runtimeConfig`, `args.cni` additions, `prevResult`
+/// and any `extra` top-level keys (GC's attachment lists).
 pub fn plugin_config(
     network: &Network,
     index: usize,
-    capability_args: &Map<String, Value>,
-    cni_args: &Map<String, Value>,
+    inputs: &DelegateInputs,
     prev: Option<&Value>,
+    extra: &Map<String, Value>,
 ) -> Vec<u8> {
     let mut conf = network.plugins[index].clone();
     conf.insert(
@@ -87,11 +54,11 @@ pub fn plugin_config(
         Value::String(network.cni_version.to_string()),
     );
     conf.insert("name".into(), Value::String(network.name.clone()));
-    let rc = runtime_config_for(&network.plugins[index], capability_args);
+    let rc = runtime_config_for(&network.plugins[index], &inputs.capability_args);
     if !rc.is_empty() {
         conf.insert("runtimeConfig".into(), Value::Object(rc));
     }
-    if !cni_args.is_empty() {
+    if !inputs.cni_args.is_empty() {
         let args = conf
             .entry("args")
             .or_insert_with(|| Value::Object(Map::new()));
@@ -107,12 +74,15 @@ pub fn plugin_config(
             *cni = Value::Object(Map::new());
         }
         let cni = cni.as_object_mut().expect("object");
-        for (k, v) in cni_args {
+        for (k, v) in &inputs.cni_args {
             cni.insert(k.clone(), v.clone());
         }
     }
     if let Some(prev) = prev {
         conf.insert("prevResult".into(), prev.clone());
+    }
+    for (k, v) in extra {
+        conf.insert(k.clone(), v.clone());
     }
     serde_json::to_vec(&conf).expect("config serializes")
 }
@@ -125,6 +95,26 @@ impl Chain {
         )
     }
 
+    /// Refuse to start more work once the call is cancelled or past its deadline.
+    pub fn check_live(&self) -> Result<(), CniError> {
+        if self.cancel.is_cancelled() {
+            return Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!(
+                    "{}: the call was cancelled (its caller went away)",
+                    self.who
+                ),
+            ));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!("{}: the call ran out of time (addTimeoutSeconds)", self.who),
+            ));
+        }
+        Ok(())
+    }
+
     /// Run every plugin of one network for `cmd`. ADD goes in order, each plugin getting the one
     /// before's result, and stops at the first error; DEL goes in reverse and keeps going; CHECK,
     /// GC and STATUS go in order. `prev` is the first plugin's `prevResult` on ADD and every
@@ -134,11 +124,10 @@ impl Chain {
         cmd: Command,
         network: &Network,
         ifname: &str,
-        inputs: &Inputs,
+        inputs: &DelegateInputs,
         prev: Option<&CniResult>,
+        extra: &Map<String, Value>,
     ) -> Result<Option<CniResult>, CniError> {
-        let (capability_args, cni_args, extra) =
-            (&inputs.capability_args, &inputs.cni_args, &inputs.extra);
         let version = network.cni_version;
         let mut prev_value = match prev {
             Some(r) => Some(r.to_value(version).map_err(|e| {
@@ -152,29 +141,35 @@ impl Chain {
         } else {
             (0..network.plugins.len()).collect()
         };
+        // Undoing is never cancelled and has each delegate's own limit only.
+        let never = Cancel::never();
+        let (cancel, call_deadline) = if cmd == Command::Del {
+            (&never, None)
+        } else {
+            (&self.cancel, self.deadline)
+        };
         let mut del_errors: Vec<CniError> = Vec::new();
         for i in order {
             let plugin = network.plugin_type(i);
             let ctx = || self.context(cmd, network, plugin, ifname);
-            let mut conf =
-                plugin_config(network, i, capability_args, cni_args, prev_value.as_ref());
-            if !extra.is_empty() {
-                let mut v: Map<String, Value> = serde_json::from_slice(&conf).expect("own json");
-                v.extend(extra.clone());
-                conf = serde_json::to_vec(&v).expect("serializes");
-            }
+            let conf = plugin_config(network, i, inputs, prev_value.as_ref(), extra);
             let run = || -> Result<Vec<u8>, CniError> {
                 let binary = exec::find_plugin(plugin, &self.search_path)?;
+                let own = Instant::now() + self.timeout;
                 exec::run(
                     &binary,
                     &Invocation {
                         command: cmd,
                         container_id: &self.container_id,
                         netns: &self.netns,
+                        netns_override: self.netns_override,
                         ifname,
                         args: &self.cni_args,
                         path: &self.search_path,
+                        env: &self.env,
                         timeout: self.timeout,
+                        deadline: call_deadline.map_or(own, |d| d.min(own)),
+                        cancel,
                     },
                     &conf,
                 )
@@ -221,19 +216,9 @@ impl Chain {
         }
     }
 
-    /// ADD every attachment in order, after recording all of them in the cache as pending; the
-    /// caller stores the results. If one fails, everything added so far (the failed one included)
-    /// is DELeted in reverse, and the error names the network and delegate. Returns the cluster
-    /// network's result.
-    pub fn add(
-        &self,
-        cache: &ResultCache,
-        record: &mut Record,
-        attachments: &[Attachment],
-        prev: Option<&CniResult>,
-    ) -> Result<CniResult, CniError> {
-        // Find every delegate before touching anything: a missing binary fails the ADD up front
-        // instead of half-way, with nothing to undo.
+    /// Find every delegate before touching anything: a missing binary fails the ADD up front
+    /// instead of half-way, with nothing to undo.
+    pub fn preflight(&self, attachments: &[Attachment]) -> Result<(), CniError> {
         for a in attachments {
             for i in 0..a.network.plugins.len() {
                 let plugin = a.network.plugin_type(i);
@@ -242,84 +227,55 @@ impl Chain {
                 })?;
             }
         }
-        // One write names everything this ADD may create, before any delegate runs; a crash at
-        // any point leaves a record DEL can work from (DEL of what was never added succeeds).
-        record.attachments = attachments
-            .iter()
-            .map(|a| CachedAttachment {
-                network: a.network.name.clone(),
-                ifname: a.ifname.clone(),
-                cluster: a.cluster,
-                config: a.network.bytes.clone(),
-                capability_args: a.capability_args.clone(),
-                cni_args: a.cni_args.clone(),
-                result: None,
-                device_info_file: a.device_info_file.clone(),
-            })
-            .collect();
-        if let Err(e) = cache.store(record) {
-            record.attachments.clear();
-            return Err(e);
-        }
-        let mut cluster_result = None;
+        Ok(())
+    }
+
+    /// ADD every attachment in order, recording each result in `record` (which lists them all,
+    /// pending). Returns every attachment's final result. On a failure — of a delegate, or of the
+    /// call (cancelled, out of time) — `record` is cut to the attachments that may exist, the
+    /// failed one included, for the caller to undo.
+    pub fn add(
+        &self,
+        attachments: &[Attachment],
+        prev: Option<&CniResult>,
+        record: &mut SandboxRecord,
+    ) -> Result<Vec<CniResult>, CniError> {
+        let mut results = Vec::with_capacity(attachments.len());
         for (k, a) in attachments.iter().enumerate() {
             let first_prev = if a.cluster { prev } else { None };
-            match self.run_network(
-                Command::Add,
-                &a.network,
-                &a.ifname,
-                &Inputs::of(a),
-                first_prev,
-            ) {
+            let outcome = self.check_live().and_then(|()| {
+                self.run_network(
+                    Command::Add,
+                    &a.network,
+                    &a.ifname,
+                    &a.inputs,
+                    first_prev,
+                    &Map::new(),
+                )
+            });
+            match outcome {
                 Ok(Some(result)) => {
-                    let value = result
-                        .to_value(a.network.cni_version)
-                        .expect("converted before");
-                    record.attachments[k].result = Some(value);
-                    if a.cluster {
-                        cluster_result = Some(result);
-                    }
+                    record.attachments[k].result = Some(
+                        result
+                            .to_value(a.network.cni_version)
+                            .expect("converted before"),
+                    );
+                    results.push(result);
                 }
                 Ok(None) => unreachable!("ADD returns a result"),
                 Err(e) => {
-                    // Undo what was started: this attachment and the ones before it.
+                    // Nothing after this one was started.
                     record.attachments.truncate(k + 1);
-                    return Err(self.undo(cache, record, e));
+                    return Err(e);
                 }
             }
         }
-        Ok(cluster_result.unwrap_or_default())
-    }
-
-    /// Undo an ADD that failed after attachments were made: DEL them all in reverse; keep in the
-    /// cache only those whose DEL failed (for the runtime's DEL to retry). Returns `cause`, with
-    /// the rollback's errors in its details.
-    pub fn undo(&self, cache: &ResultCache, record: &mut Record, cause: CniError) -> CniError {
-        let failed = self.del_attachments(record);
-        if failed.is_empty() {
-            if let Err(e) = cache.remove(&record.container_id, &record.if_name) {
-                tracing::error!("rollback: {e}");
-            }
-            return cause;
-        }
-        let details: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
-        record.attachments = failed.into_iter().map(|(a, _)| a).collect();
-        if let Err(e) = cache.store(record) {
-            tracing::error!("rollback: keeping failed attachments for the runtime's DEL: {e}");
-        }
-        let mut cause = cause;
-        let rb = format!("rollback left errors: {}", details.join("; "));
-        cause.details = if cause.details.is_empty() {
-            rb
-        } else {
-            format!("{}; {rb}", cause.details)
-        };
-        cause
+        Ok(results)
     }
 
     /// DEL the record's attachments in reverse, each with its cached result as `prevResult`.
     /// Keeps going past errors; returns the attachments whose DEL failed, with their errors.
-    pub fn del_attachments(&self, record: &Record) -> Vec<(CachedAttachment, CniError)> {
+    pub fn del_attachments(&self, record: &SandboxRecord) -> Vec<(AttachmentRecord, CniError)> {
         let mut failed = Vec::new();
         for a in record.attachments.iter().rev() {
             if let Err(e) = self.del_one(a) {
@@ -331,20 +287,7 @@ impl Chain {
         failed
     }
 
-    fn del_one(&self, a: &CachedAttachment) -> Result<(), CniError> {
-        self.del_delegates(a)?;
-        if let Some(f) = &a.device_info_file {
-            match std::fs::remove_file(f) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!("removing device-info {f}: {e}")
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn del_delegates(&self, a: &CachedAttachment) -> Result<(), CniError> {
+    fn del_one(&self, a: &AttachmentRecord) -> Result<(), CniError> {
         let network = Network::from_bytes(a.config.as_bytes(), "cache").map_err(|e| {
             e.context(format!(
                 "DEL network \"{}\" (interface {}) for {}",
@@ -356,13 +299,22 @@ impl Chain {
             Command::Del,
             &network,
             &a.ifname,
-            &Inputs::of(a),
+            &a.inputs,
             prev.as_ref(),
-        )
-        .map(|_| ())
+            &Map::new(),
+        )?;
+        if let Some(f) = &a.device_info_file {
+            match std::fs::remove_file(f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!("removing device-info {f}: {e}")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
-    fn cached_result(&self, a: &CachedAttachment, network: &Network) -> Option<CniResult> {
+    fn cached_result(&self, a: &AttachmentRecord, network: &Network) -> Option<CniResult> {
         let v = a.result.clone()?;
         match CniResult::from_value(v, network.cni_version) {
             Ok((r, _)) => Some(r),
@@ -379,7 +331,7 @@ impl Chain {
 
     /// CHECK every attachment in order with its cached result. Networks older than 0.4.0 cannot be
     /// checked and are skipped; so are conflists with `disableCheck`.
-    pub fn check(&self, record: &Record) -> Result<(), CniError> {
+    pub fn check(&self, record: &SandboxRecord) -> Result<(), CniError> {
         for a in &record.attachments {
             let network = Network::from_bytes(a.config.as_bytes(), "cache")?;
             if network.cni_version < Version::V0_4_0 || network.disable_check {
@@ -402,8 +354,9 @@ impl Chain {
                 Command::Check,
                 &network,
                 &a.ifname,
-                &Inputs::of(a),
+                &a.inputs,
                 Some(&prev),
+                &Map::new(),
             )?;
         }
         Ok(())
@@ -412,6 +365,9 @@ impl Chain {
 
 /// Several errors as one: the first one's code, every message.
 pub fn join_errors(errors: Vec<CniError>) -> CniError {
+    if errors.len() == 1 {
+        return errors.into_iter().next().expect("one");
+    }
     let code = errors[0].code;
     let msgs: Vec<String> = errors.iter().map(ToString::to_string).collect();
     CniError::new(
@@ -439,15 +395,23 @@ mod tests {
             .unwrap()
             .clone();
         let cni_args = json!({"b":"annotation"}).as_object().unwrap().clone();
+        let only_caps = DelegateInputs {
+            capability_args: caps.clone(),
+            cni_args: Map::new(),
+        };
         let c0: Value =
-            serde_json::from_slice(&plugin_config(&n, 0, &caps, &Map::new(), None)).unwrap();
+            serde_json::from_slice(&plugin_config(&n, 0, &only_caps, None, &Map::new())).unwrap();
         assert_eq!(
             c0,
             json!({"type":"bridge","custom":{"k":1},"cniVersion":"1.1.0","name":"n"})
         );
         let prev = json!({"cniVersion":"1.1.0"});
+        let both = DelegateInputs {
+            capability_args: caps,
+            cni_args,
+        };
         let c1: Value =
-            serde_json::from_slice(&plugin_config(&n, 1, &caps, &cni_args, Some(&prev))).unwrap();
+            serde_json::from_slice(&plugin_config(&n, 1, &both, Some(&prev), &Map::new())).unwrap();
         assert_eq!(
             c1["runtimeConfig"],
             json!({"portMappings":[{"hostPort":1}]})

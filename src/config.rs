@@ -7,6 +7,7 @@ use crate::cni::error::{invalid_config, io_error, CniError, Code};
 use crate::cni::exec::validate_plugin_type;
 use crate::cni::request::validate_network_name;
 use crate::cni::Version;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,8 +17,9 @@ pub const DEFAULT_CNI_DIR: &str = "/var/lib/cni/multus";
 pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
 /// Largest delegate network file read from disk.
 pub const MAX_NETWORK_FILE: u64 = 1 << 20;
-/// Plugin types that are plexus itself (or Multus): never picked as a delegate from a directory.
-const SELF_TYPES: [&str; 3] = ["plexus", "multus", "multus-shim"];
+/// Plugin types that are plexus itself (or Multus). Never a delegate: run as one, its `binDir`,
+/// `kubeconfig` and `delegates` would come from whoever wrote that config.
+pub const SELF_TYPES: [&str; 3] = ["plexus", "multus", "multus-shim"];
 
 /// The parsed plexus config. Unknown keys are ignored, as Multus does.
 #[derive(Debug, Clone)]
@@ -36,6 +38,9 @@ pub struct NetConf {
     pub readiness_indicator_file: Option<PathBuf>,
     pub readiness_timeout: Duration,
     pub delegate_timeout: Duration,
+    /// The whole ADD's budget (readiness wait, API, every delegate, rollback): past it the ADD
+    /// is rolled back and fails with 11, before the kubelet's runtime request timeout (2 min).
+    pub add_timeout: Duration,
     /// Capability args the runtime sent (`runtimeConfig`); they reach the cluster network only.
     pub runtime_config: Map<String, Value>,
     pub prev_result: Option<Value>,
@@ -59,146 +64,167 @@ pub struct NetConf {
     pub pod_resources_socket: PathBuf,
     /// NPWG device-info directory (`dp/` written by device plugins, `cni/` by CNIs).
     pub device_info_dir: PathBuf,
+    /// Plugin types a NAD may use; `None`: any (but plexus itself).
+    pub allowed_plugin_types: Option<Vec<String>>,
+    /// The environment delegates get besides the CNI variables (from `delegateEnv`).
+    pub delegate_env: Vec<(String, String)>,
 }
 
-fn get_str(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid_config(format!("\"{key}\" must be a string"))),
-    }
+/// The keys as they are written, checked by serde (a wrong type names its key).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNetConf {
+    cni_version: Option<String>,
+    name: Option<String>,
+    cluster_network: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    default_networks: Vec<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    delegates: Vec<Value>,
+    conf_dir: Option<String>,
+    cni_dir: Option<String>,
+    bin_dir: Option<String>,
+    log_level: Option<String>,
+    log_file: Option<String>,
+    log_to_stderr: Option<bool>,
+    #[serde(rename = "readinessindicatorfile")]
+    readiness_indicator_file: Option<String>,
+    #[serde(default, deserialize_with = "seconds")]
+    readiness_timeout_seconds: Option<Duration>,
+    #[serde(default, deserialize_with = "seconds")]
+    delegate_timeout_seconds: Option<Duration>,
+    #[serde(default, deserialize_with = "seconds")]
+    add_timeout_seconds: Option<Duration>,
+    #[serde(default, deserialize_with = "null_default")]
+    runtime_config: Map<String, Value>,
+    prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<GcAttachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<GcAttachment>>,
+    kubeconfig: Option<String>,
+    #[serde(default, deserialize_with = "seconds")]
+    api_connect_timeout_seconds: Option<Duration>,
+    #[serde(default, deserialize_with = "seconds")]
+    api_timeout_seconds: Option<Duration>,
+    namespace_isolation: Option<bool>,
+    global_namespaces: Option<String>,
+    system_namespaces: Option<Vec<String>>,
+    multus_namespace: Option<String>,
+    device_checkpoint_file: Option<String>,
+    pod_resources_socket: Option<String>,
+    device_info_dir: Option<String>,
+    allowed_plugin_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "null_default")]
+    delegate_env: Vec<String>,
 }
 
-fn get_bool(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, CniError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(invalid_config(format!("\"{key}\" must be a boolean"))),
-    }
+#[derive(Deserialize)]
+struct GcAttachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
 }
 
-fn get_secs(obj: &Map<String, Value>, key: &str, default: f64) -> Result<Duration, CniError> {
-    let v = match obj.get(key) {
-        None | Some(Value::Null) => default,
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(-1.0),
-        Some(_) => -1.0,
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A number of seconds from 0 to 3600.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let Some(v) = Option::<f64>::deserialize(d)? else {
+        return Ok(None);
     };
     if !(0.0..=3600.0).contains(&v) {
-        return Err(invalid_config(format!(
-            "\"{key}\" must be a number of seconds from 0 to 3600"
-        )));
+        return Err(serde::de::Error::custom(
+            "must be a number of seconds from 0 to 3600",
+        ));
     }
-    Ok(Duration::from_secs_f64(v))
+    Ok(Some(Duration::from_secs_f64(v)))
+}
+
+/// Deserialize `T` from JSON bytes: a syntax error is code 6; a key of the wrong type is code 7,
+/// named by its path.
+pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CniError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            invalid_config(format!("{what}: \"{path}\": {inner}"))
+        } else {
+            CniError::new(Code::DECODE, format!("cannot parse {what}: {inner}"))
+        }
+    })
 }
 
 impl NetConf {
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            CniError::new(Code::DECODE, format!("cannot parse network config: {e}"))
-        })?;
-        let Value::Object(obj) = value else {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
             return Err(CniError::new(
                 Code::DECODE,
                 "network config is not a JSON object",
             ));
-        };
-        let cni_version =
-            Version::of_config(get_str(&obj, "cniVersion")?.as_deref())?.require_supported()?;
-        let name = get_str(&obj, "name")?.unwrap_or_default();
+        }
+        let raw: RawNetConf = from_json(bytes, "network config")?;
+        let cni_version = Version::of_config(raw.cni_version.as_deref())?.require_supported()?;
+        let name = raw.name.unwrap_or_default();
         if !name.is_empty() {
             validate_network_name(&name)?;
         }
-        let default_networks = match obj.get("defaultNetworks") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_str().map(str::to_string).ok_or_else(|| {
-                        invalid_config("\"defaultNetworks\" must be a list of strings")
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => {
-                return Err(invalid_config(
-                    "\"defaultNetworks\" must be a list of strings",
-                ))
+        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        let path = |s: Option<String>, default: &str| {
+            PathBuf::from(nonempty(s).unwrap_or_else(|| default.to_string()))
+        };
+        let delegate_env = raw
+            .delegate_env
+            .iter()
+            .map(|entry| parse_env_entry(entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(types) = &raw.allowed_plugin_types {
+            for t in types {
+                validate_plugin_type(t).map_err(|e| e.context("\"allowedPluginTypes\""))?;
             }
-        };
-        let delegates = match obj.get("delegates") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(a)) => a.clone(),
-            Some(_) => {
-                return Err(invalid_config(
-                    "\"delegates\" must be a list of network configs",
-                ))
-            }
-        };
-        let runtime_config = match obj.get("runtimeConfig") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => return Err(invalid_config("\"runtimeConfig\" must be an object")),
-        };
-        let valid_attachments = match obj
-            .get("cni.dev/valid-attachments")
-            .or_else(|| obj.get("cni.dev/attachments"))
-        {
-            None | Some(Value::Null) => None,
-            Some(Value::Array(a)) => Some(
-                a.iter()
-                    .map(|v| {
-                        let id = v.get("containerID").and_then(Value::as_str);
-                        let ifname = v.get("ifname").and_then(Value::as_str);
-                        match (id, ifname) {
-                            (Some(i), Some(f)) => Ok((i.to_string(), f.to_string())),
-                            _ => Err(invalid_config(
-                                "each valid attachment needs \"containerID\" and \"ifname\"",
-                            )),
-                        }
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(_) => {
-                return Err(invalid_config(
-                    "\"cni.dev/valid-attachments\" must be a list",
-                ))
-            }
-        };
-        let path = |key: &str, default: &str| -> Result<PathBuf, CniError> {
-            Ok(PathBuf::from(
-                get_str(&obj, key)?
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| default.to_string()),
-            ))
-        };
-        let conf = NetConf {
+        }
+        Ok(NetConf {
             cni_version,
             name,
-            cluster_network: get_str(&obj, "clusterNetwork")?.filter(|s| !s.is_empty()),
-            default_networks,
-            delegates,
-            conf_dir: path("confDir", DEFAULT_CONF_DIR)?,
-            cni_dir: path("cniDir", DEFAULT_CNI_DIR)?,
-            bin_dir: path("binDir", DEFAULT_BIN_DIR)?,
-            log_level: get_str(&obj, "logLevel")?,
-            log_file: get_str(&obj, "logFile")?
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
-            log_to_stderr: get_bool(&obj, "logToStderr", true)?,
-            readiness_indicator_file: get_str(&obj, "readinessindicatorfile")?
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
-            readiness_timeout: get_secs(&obj, "readinessTimeoutSeconds", 45.0)?,
-            delegate_timeout: get_secs(&obj, "delegateTimeoutSeconds", 60.0)?,
-            runtime_config,
-            prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
-            valid_attachments,
-            kubeconfig: get_str(&obj, "kubeconfig")?
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
-            api_connect_timeout: get_secs(&obj, "apiConnectTimeoutSeconds", 5.0)?,
-            api_timeout: get_secs(&obj, "apiTimeoutSeconds", 10.0)?,
-            namespace_isolation: get_bool(&obj, "namespaceIsolation", false)?,
-            global_namespaces: match get_str(&obj, "globalNamespaces")? {
+            cluster_network: nonempty(raw.cluster_network),
+            default_networks: raw.default_networks,
+            delegates: raw.delegates,
+            conf_dir: path(raw.conf_dir, DEFAULT_CONF_DIR),
+            cni_dir: path(raw.cni_dir, DEFAULT_CNI_DIR),
+            bin_dir: path(raw.bin_dir, DEFAULT_BIN_DIR),
+            log_level: raw.log_level,
+            log_file: nonempty(raw.log_file).map(PathBuf::from),
+            log_to_stderr: raw.log_to_stderr.unwrap_or(true),
+            readiness_indicator_file: nonempty(raw.readiness_indicator_file).map(PathBuf::from),
+            readiness_timeout: raw
+                .readiness_timeout_seconds
+                .unwrap_or(Duration::from_secs(45)),
+            delegate_timeout: raw
+                .delegate_timeout_seconds
+                .unwrap_or(Duration::from_secs(60)),
+            add_timeout: raw.add_timeout_seconds.unwrap_or(Duration::from_secs(100)),
+            runtime_config: raw.runtime_config,
+            prev_result: raw.prev_result.filter(|v| !v.is_null()),
+            valid_attachments: raw.valid_attachments.or(raw.attachments).map(|list| {
+                list.into_iter()
+                    .map(|a| (a.container_id, a.ifname))
+                    .collect()
+            }),
+            kubeconfig: nonempty(raw.kubeconfig).map(PathBuf::from),
+            api_connect_timeout: raw
+                .api_connect_timeout_seconds
+                .unwrap_or(Duration::from_secs(5)),
+            api_timeout: raw.api_timeout_seconds.unwrap_or(Duration::from_secs(10)),
+            namespace_isolation: raw.namespace_isolation.unwrap_or(false),
+            global_namespaces: match raw.global_namespaces {
                 Some(s) => s
                     .split(',')
                     .map(str::trim)
@@ -207,39 +233,35 @@ impl NetConf {
                     .collect(),
                 None => vec!["default".to_string()],
             },
-            system_namespaces: match obj.get("systemNamespaces") {
-                None | Some(Value::Null) => vec!["kube-system".to_string()],
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|v| {
-                        v.as_str().map(String::from).ok_or_else(|| {
-                            invalid_config("\"systemNamespaces\" must be a list of strings")
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(_) => {
-                    return Err(invalid_config(
-                        "\"systemNamespaces\" must be a list of strings",
-                    ))
-                }
-            },
-            device_checkpoint_file: path(
-                "deviceCheckpointFile",
-                crate::k8s::devices::DEFAULT_CHECKPOINT,
-            )?,
-            pod_resources_socket: path(
-                "podResourcesSocket",
-                crate::k8s::devices::DEFAULT_POD_RESOURCES_SOCKET,
-            )?,
-            device_info_dir: path(
-                "deviceInfoDir",
-                crate::k8s::devices::DEFAULT_DEVICE_INFO_DIR,
-            )?,
-            multus_namespace: get_str(&obj, "multusNamespace")?
-                .filter(|s| !s.is_empty())
+            system_namespaces: raw
+                .system_namespaces
+                .unwrap_or_else(|| vec!["kube-system".to_string()]),
+            multus_namespace: nonempty(raw.multus_namespace)
                 .unwrap_or_else(|| "kube-system".to_string()),
-        };
-        Ok(conf)
+            device_checkpoint_file: path(
+                raw.device_checkpoint_file,
+                crate::k8s::devices::DEFAULT_CHECKPOINT,
+            ),
+            pod_resources_socket: path(
+                raw.pod_resources_socket,
+                crate::k8s::devices::DEFAULT_POD_RESOURCES_SOCKET,
+            ),
+            device_info_dir: path(
+                raw.device_info_dir,
+                crate::k8s::devices::DEFAULT_DEVICE_INFO_DIR,
+            ),
+            allowed_plugin_types: raw.allowed_plugin_types,
+            delegate_env,
+        })
+    }
+
+    /// The cache key's network: the config's `name` (libcni always injects it).
+    pub fn cache_network(&self) -> &str {
+        if self.name.is_empty() {
+            "plexus"
+        } else {
+            &self.name
+        }
     }
 
     /// Check there is something to attach; needed by ADD/CHECK, not by DEL.
@@ -252,15 +274,16 @@ impl NetConf {
         Ok(())
     }
 
-    /// Resolve the cluster network and the networks every pod gets, in attachment order:
-    /// `clusterNetwork` then `defaultNetworks`, or else the `delegates` list.
-    pub fn static_networks(&self) -> Result<Vec<Network>, CniError> {
+    /// The networks the config itself names, in attachment order: `clusterNetwork` then
+    /// `defaultNetworks` as files (NADs of those names are the planner's business), or else the
+    /// `delegates` list.
+    pub fn static_networks(&self, files: &dyn NetworkFiles) -> Result<Vec<Network>, CniError> {
         self.require_networks()?;
         if let Some(cluster) = &self.cluster_network {
-            let mut out = vec![resolve_reference(cluster, &self.conf_dir)?];
+            let mut out = vec![resolve_reference(cluster, files)?];
             for n in &self.default_networks {
                 out.push(
-                    resolve_reference(n, &self.conf_dir)
+                    resolve_reference(n, files)
                         .map_err(|e| e.context(format!("defaultNetworks \"{n}\"")))?,
                 );
             }
@@ -271,6 +294,66 @@ impl NetConf {
             .enumerate()
             .map(|(i, d)| Network::from_value(d.clone(), &format!("delegates[{i}]")))
             .collect()
+    }
+}
+
+/// A `delegateEnv` entry: `NAME` (passed on from plexus's own environment, if set there) or
+/// `NAME=value`.
+fn parse_env_entry(entry: &str) -> Result<(String, String), CniError> {
+    let (name, value) = match entry.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (entry, None),
+    };
+    let ok = !name.is_empty()
+        && !name.starts_with("CNI_")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(invalid_config(format!(
+            "\"delegateEnv\": \"{}\" is not NAME or NAME=value (CNI_* variables are plexus's to set)",
+            entry.escape_debug()
+        )));
+    }
+    let value = match value {
+        Some(v) => v,
+        None => std::env::var(name).unwrap_or_default(),
+    };
+    Ok((name.to_string(), value))
+}
+
+/// Where networks named in the config are read from (`confDir`, or a path the config names),
+/// so the planner itself does no I/O; the daemon may give it a source of its own.
+pub trait NetworkFiles: Send + Sync {
+    /// A reference with a `/`: a config file, or a directory's first usable config.
+    fn at_path(&self, path: &str) -> Result<Network, CniError>;
+    /// The network named `name` in `confDir`.
+    fn by_name(&self, name: &str) -> Result<Option<Network>, CniError>;
+    /// Where names are looked up, for messages.
+    fn describe(&self) -> String;
+}
+
+/// [`NetworkFiles`] read from disk at each call.
+#[derive(Debug, Clone)]
+pub struct ConfDir(pub PathBuf);
+
+impl NetworkFiles for ConfDir {
+    fn at_path(&self, reference: &str) -> Result<Network, CniError> {
+        let p = Path::new(reference);
+        if p.is_dir() {
+            return first_in_dir(p)?.ok_or_else(|| {
+                invalid_config(format!(
+                    "no network config (.conf, .conflist, .json) in directory {reference}"
+                ))
+            });
+        }
+        load_file(p)
+    }
+
+    fn by_name(&self, name: &str) -> Result<Option<Network>, CniError> {
+        find_by_name(&self.0, name)
+    }
+
+    fn describe(&self) -> String {
+        self.0.display().to_string()
     }
 }
 
@@ -289,6 +372,31 @@ pub struct Network {
     pub source: String,
 }
 
+/// What plexus reads of a network; every other key is the delegate's.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNetwork {
+    #[serde(default)]
+    name: Option<String>,
+    cni_version: Option<String>,
+    /// Only the entries that are strings are considered (libcni ≥ 1.2).
+    #[serde(default)]
+    cni_versions: Option<Vec<Value>>,
+    plugins: Option<Vec<RawPlugin>>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    #[serde(default)]
+    disable_check: Option<bool>,
+    #[serde(rename = "disableGC", default)]
+    disable_gc: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawPlugin {
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+}
+
 impl Network {
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Network, CniError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
@@ -302,53 +410,54 @@ impl Network {
         Ok(n)
     }
 
+    /// Read a network; refuse bad plugin types and plexus (or Multus) as a delegate.
     pub fn from_value(value: Value, source: &str) -> Result<Network, CniError> {
         let ctx = |e: CniError| e.context(source);
         let Value::Object(obj) = &value else {
             return Err(ctx(invalid_config("network config is not a JSON object")));
         };
-        let name = get_str(obj, "name").map_err(ctx)?.unwrap_or_default();
+        let raw: RawNetwork = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let path = e.path().to_string();
+            ctx(invalid_config(format!("\"{path}\": {}", e.into_inner())))
+        })?;
+        let name = raw.name.unwrap_or_default();
         validate_network_name(&name).map_err(ctx)?;
-        let cni_version = pick_version(obj).map_err(ctx)?;
-        let (plugins, is_list) = match obj.get("plugins") {
-            Some(Value::Array(list)) => {
-                let plugins = list
-                    .iter()
-                    .map(|p| {
-                        p.as_object()
-                            .cloned()
-                            .ok_or_else(|| invalid_config("each of \"plugins\" must be an object"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(ctx)?;
-                (plugins, true)
-            }
-            Some(_) => return Err(ctx(invalid_config("\"plugins\" must be a list"))),
-            None => (vec![obj.clone()], false),
+        let cni_version =
+            pick_version(raw.cni_versions.as_deref(), raw.cni_version.as_deref()).map_err(ctx)?;
+        let is_list = raw.plugins.is_some();
+        let plugins: Vec<Map<String, Value>> = match obj.get("plugins") {
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|p| p.as_object().cloned().expect("checked by serde"))
+                .collect(),
+            _ => vec![obj.clone()],
         };
         if plugins.is_empty() {
             return Err(ctx(invalid_config(format!(
                 "network \"{name}\" has no plugins"
             ))));
         }
-        for p in &plugins {
-            let t = get_str(p, "type").map_err(ctx)?.unwrap_or_default();
-            validate_plugin_type(&t).map_err(|e| ctx(e.context(format!("network \"{name}\""))))?;
-        }
-        let (disable_check, disable_gc) = if is_list {
-            (
-                get_bool(obj, "disableCheck", false).map_err(ctx)?,
-                get_bool(obj, "disableGC", false).map_err(ctx)?,
-            )
-        } else {
-            (false, false)
+        let types: Vec<String> = match raw.plugins {
+            Some(list) => list
+                .into_iter()
+                .map(|p| p.plugin_type.unwrap_or_default())
+                .collect(),
+            None => vec![raw.plugin_type.unwrap_or_default()],
         };
+        for t in &types {
+            validate_plugin_type(t).map_err(|e| ctx(e.context(format!("network \"{name}\""))))?;
+            if SELF_TYPES.contains(&t.as_str()) {
+                return Err(ctx(invalid_config(format!(
+                    "network \"{name}\": plugin type \"{t}\" is plexus (or Multus) itself, which may not be a delegate: its binDir, kubeconfig and delegates would come from whoever wrote this config"
+                ))));
+            }
+        }
         Ok(Network {
             name,
             cni_version,
             plugins,
-            disable_check,
-            disable_gc,
+            disable_check: is_list && raw.disable_check.unwrap_or(false),
+            disable_gc: is_list && raw.disable_gc.unwrap_or(false),
             bytes: serde_json::to_string(&value).expect("serializes"),
             source: source.to_string(),
         })
@@ -369,15 +478,41 @@ impl Network {
             .join("+")
     }
 
-    pub fn is_self(&self) -> bool {
-        SELF_TYPES.contains(&self.plugin_type(0))
+    /// Refuse a plugin type the admin's `allowedPluginTypes` does not list.
+    pub fn require_allowed(&self, allowed: Option<&[String]>) -> Result<(), CniError> {
+        let Some(allowed) = allowed else {
+            return Ok(());
+        };
+        for i in 0..self.plugins.len() {
+            let t = self.plugin_type(i);
+            if !allowed.iter().any(|a| a == t) {
+                return Err(invalid_config(format!(
+                    "{}: plugin type \"{t}\" is not in allowedPluginTypes {allowed:?}",
+                    self.source
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
-/// The version a network is run at: its `cniVersion`, or the highest of `cniVersions` plexus
-/// speaks (libcni ≥ 1.2), ignoring versions newer than we know.
-fn pick_version(obj: &Map<String, Value>) -> Result<Version, CniError> {
-    if let Some(Value::Array(list)) = obj.get("cniVersions") {
+/// Whether a config in a directory is plexus's (or Multus's) own: skipped when scanning.
+fn names_self(value: &Value) -> bool {
+    let is_self = |p: &Value| {
+        p.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| SELF_TYPES.contains(&t))
+    };
+    match value.get("plugins").and_then(Value::as_array) {
+        Some(list) => list.iter().any(is_self),
+        None => is_self(value),
+    }
+}
+
+/// The version a network is run at: the highest of `cniVersions` plexus speaks (libcni ≥ 1.2),
+/// ignoring versions newer than we know, or else its `cniVersion`.
+fn pick_version(versions: Option<&[Value]>, version: Option<&str>) -> Result<Version, CniError> {
+    if let Some(list) = versions {
         let best = list
             .iter()
             .filter_map(Value::as_str)
@@ -388,42 +523,38 @@ fn pick_version(obj: &Map<String, Value>) -> Result<Version, CniError> {
             return Ok(v);
         }
     }
-    Version::of_config(get_str(obj, "cniVersion")?.as_deref())?.require_supported()
+    Version::of_config(version)?.require_supported()
 }
 
 /// A `clusterNetwork`/`defaultNetworks` value: with a `/` it is a file or a directory; without,
 /// the name of a network in `confDir`.
-pub fn resolve_reference(reference: &str, conf_dir: &Path) -> Result<Network, CniError> {
+pub fn resolve_reference(reference: &str, files: &dyn NetworkFiles) -> Result<Network, CniError> {
     if reference.contains('/') {
-        let p = Path::new(reference);
-        if p.is_dir() {
-            return first_in_dir(p)?.ok_or_else(|| {
-                invalid_config(format!(
-                    "no network config (.conf, .conflist, .json) in directory {reference}"
-                ))
-            });
-        }
-        return load_file(p);
+        return files.at_path(reference);
     }
-    find_by_name(conf_dir, reference)?.ok_or_else(|| {
+    files.by_name(reference)?.ok_or_else(|| {
         invalid_config(format!(
             "cannot find network \"{reference}\" in {}",
-            conf_dir.display()
+            files.describe()
         ))
     })
 }
 
+/// Read a network config file (at most [`MAX_NETWORK_FILE`] bytes).
 pub fn load_file(path: &Path) -> Result<Network, CniError> {
-    let meta = std::fs::metadata(path)
+    use std::io::Read;
+    let file = std::fs::File::open(path)
         .map_err(|e| io_error(format!("reading network config {}", path.display()), e))?;
-    if meta.len() > MAX_NETWORK_FILE {
+    let mut bytes = Vec::new();
+    file.take(MAX_NETWORK_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(format!("reading network config {}", path.display()), e))?;
+    if bytes.len() as u64 > MAX_NETWORK_FILE {
         return Err(invalid_config(format!(
             "network config {} is larger than {MAX_NETWORK_FILE} bytes",
             path.display()
         )));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| io_error(format!("reading network config {}", path.display()), e))?;
     Network::from_bytes(&bytes, &path.display().to_string())
 }
 
@@ -446,28 +577,34 @@ fn config_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The usable networks of a directory in order, skipping plexus's (and Multus's) own configs
+/// and logging the files that do not parse.
+fn dir_networks(dir: &Path) -> impl Iterator<Item = Network> {
+    config_files(dir).into_iter().filter_map(|f| {
+        let raw = std::fs::read(&f)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+        if raw.as_ref().is_some_and(names_self) {
+            return None;
+        }
+        match load_file(&f) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!("skipping {}: {e}", f.display());
+                None
+            }
+        }
+    })
+}
+
 /// The first usable network in a directory, skipping plexus's (and Multus's) own configs.
 fn first_in_dir(dir: &Path) -> Result<Option<Network>, CniError> {
-    for f in config_files(dir) {
-        match load_file(&f) {
-            Ok(n) if !n.is_self() => return Ok(Some(n)),
-            Ok(_) => continue,
-            Err(e) => tracing::warn!("skipping {}: {e}", f.display()),
-        }
-    }
-    Ok(None)
+    Ok(dir_networks(dir).next())
 }
 
 /// The network named `name` in a directory (first file in order whose `name` matches).
 pub fn find_by_name(dir: &Path, name: &str) -> Result<Option<Network>, CniError> {
-    for f in config_files(dir) {
-        match load_file(&f) {
-            Ok(n) if n.name == name && !n.is_self() => return Ok(Some(n)),
-            Ok(_) => continue,
-            Err(e) => tracing::warn!("skipping {}: {e}", f.display()),
-        }
-    }
-    Ok(None)
+    Ok(dir_networks(dir).find(|n| n.name == name))
 }
 
 #[cfg(test)]
@@ -516,6 +653,108 @@ mod tests {
                 .code,
             Code::INVALID_CONFIG
         );
+    }
+
+    #[test]
+    fn wrong_types_name_their_key() {
+        for (conf, key) in [
+            (json!({"cniVersion":"1.0.0","logLevel":1}), "logLevel"),
+            (
+                json!({"cniVersion":"1.0.0","namespaceIsolation":"yes"}),
+                "namespaceIsolation",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","defaultNetworks":[1]}),
+                "defaultNetworks[0]",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","delegateTimeoutSeconds":7200}),
+                "delegateTimeoutSeconds",
+            ),
+            (
+                json!({"cniVersion":"1.0.0","cni.dev/valid-attachments":[{"ifname":"x"}]}),
+                "cni.dev/valid-attachments[0]",
+            ),
+        ] {
+            let e = NetConf::parse(conf.to_string().as_bytes()).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_CONFIG, "{conf}");
+            assert!(e.msg.contains(&format!("\"{key}\"")), "{conf}: {}", e.msg);
+        }
+        // Unknown keys are ignored, as Multus does.
+        NetConf::parse(br#"{"cniVersion":"1.0.0","somethingNew":{"a":1}}"#).unwrap();
+    }
+
+    #[test]
+    fn delegate_env_is_explicit() {
+        // SAFETY: no other test reads this variable.
+        unsafe { std::env::set_var("PLEXUS_TEST_PASS", "through") };
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","delegateEnv":["PLEXUS_TEST_PASS","HTTP_PROXY=http://p:3128","UNSET_VAR_X"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.delegate_env,
+            [
+                ("PLEXUS_TEST_PASS".to_string(), "through".to_string()),
+                ("HTTP_PROXY".to_string(), "http://p:3128".to_string()),
+                ("UNSET_VAR_X".to_string(), String::new())
+            ]
+        );
+        for bad in ["CNI_NETNS=/x", "A B", "=x", ""] {
+            let conf = json!({"cniVersion":"1.0.0","delegateEnv":[bad]});
+            assert_eq!(
+                NetConf::parse(conf.to_string().as_bytes())
+                    .unwrap_err()
+                    .code,
+                Code::INVALID_CONFIG,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn plexus_is_never_a_delegate_at_any_position() {
+        for bad in [
+            json!({"cniVersion":"1.0.0","name":"x","type":"plexus","binDir":"/tmp/evil"}),
+            json!({"cniVersion":"1.0.0","name":"x","type":"multus"}),
+            json!({"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"},{"type":"multus-shim"}]}),
+        ] {
+            let e =
+                Network::from_value(bad.clone(), "NetworkAttachmentDefinition ns/x").unwrap_err();
+            assert_eq!(e.code, Code::INVALID_CONFIG, "{bad}");
+            assert!(
+                e.msg.contains("itself") && e.msg.contains("ns/x"),
+                "{}",
+                e.msg
+            );
+        }
+        // As an inline delegate of the config: refused before anything runs.
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","delegates":[{"cniVersion":"1.0.0","name":"in","type":"plexus"}]}"#,
+        )
+        .unwrap();
+        assert!(c.static_networks(&ConfDir(PathBuf::from("/none"))).is_err());
+    }
+
+    #[test]
+    fn allowed_plugin_types() {
+        let n = Network::from_value(
+            json!({"cniVersion":"1.0.0","name":"x","plugins":[{"type":"macvlan"},{"type":"host-device"}]}),
+            "NetworkAttachmentDefinition ns/x",
+        )
+        .unwrap();
+        n.require_allowed(None).unwrap();
+        let allowed = vec!["macvlan".to_string(), "host-device".to_string()];
+        n.require_allowed(Some(&allowed)).unwrap();
+        let e = n.require_allowed(Some(&allowed[..1])).unwrap_err();
+        assert!(
+            e.msg.contains("host-device") && e.msg.contains("ns/x"),
+            "{}",
+            e.msg
+        );
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","allowedPluginTypes":["../sh"]}"#)
+            .unwrap_err();
+        assert_eq!(e.code, Code::INVALID_CONFIG);
     }
 
     #[test]
@@ -581,22 +820,24 @@ mod tests {
         .unwrap();
         std::fs::write(d.path().join("README"), "x").unwrap();
         let dir = d.path().display().to_string();
+        let none = ConfDir(PathBuf::from("/none"));
+        let here = ConfDir(d.path().to_path_buf());
+        assert_eq!(resolve_reference(&dir, &none).unwrap().name, "a");
         assert_eq!(
-            resolve_reference(&dir, Path::new("/none")).unwrap().name,
-            "a"
-        );
-        assert_eq!(
-            resolve_reference(&format!("{dir}/20-b.conf"), Path::new("/none"))
+            resolve_reference(&format!("{dir}/20-b.conf"), &none)
                 .unwrap()
                 .name,
             "b"
         );
-        assert_eq!(resolve_reference("b", d.path()).unwrap().name, "b");
+        assert_eq!(resolve_reference("b", &here).unwrap().name, "b");
         assert_eq!(
-            resolve_reference("p", d.path()).unwrap_err().code,
+            resolve_reference("p", &here).unwrap_err().code,
             Code::INVALID_CONFIG
         );
-        assert!(resolve_reference("zzz", d.path())
+        // Named by path, plexus's own config is refused, not run.
+        let e = resolve_reference(&format!("{dir}/00-plexus.conf"), &none).unwrap_err();
+        assert!(e.msg.contains("plexus (or Multus) itself"), "{}", e.msg);
+        assert!(resolve_reference("zzz", &here)
             .unwrap_err()
             .msg
             .contains("zzz"));

@@ -3,13 +3,16 @@
 //! The flow is request → config → plan → chain (see DESIGN.md). Each module owns one step.
 
 pub mod cache;
+pub mod cancel;
 pub mod chain;
 pub mod cni;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod install;
 pub mod k8s;
 pub mod logging;
 pub mod netns;
 pub mod plan;
 pub mod plugin;
+pub mod unix_http;

@@ -1,5 +1,7 @@
 //! The little netlink plexus needs inside a pod's network namespace: list links (to refuse an
-//! interface name already taken) and move the default route (NPWG `default-route`).
+//! interface name already taken) and move the default route (NPWG `default-route`); and whether
+//! a namespace is plexus's own (`CNI_NETNS_OVERRIDE`). The engine reaches them through
+//! [`NetnsOps`], so its unit tests run without root.
 //!
 //! A netlink socket belongs to the namespace it was created in. We create it on a short-lived
 //! thread that has entered the pod netns (setns affects only the calling thread), then use it from
@@ -167,32 +169,6 @@ impl Netlink {
         )?;
         Ok(())
     }
-
-    /// `(gateway, ifname)` of each default route of a family, for tests and diagnostics.
-    pub fn default_route_gateways(
-        &mut self,
-        v6: bool,
-    ) -> io::Result<Vec<(Option<IpAddr>, Option<String>)>> {
-        let links = self.links()?;
-        Ok(self
-            .default_routes(v6)?
-            .into_iter()
-            .map(|r| {
-                let gw = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
-                    RouteAttribute::Gateway(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
-                    _ => None,
-                });
-                let dev = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => {
-                        links.iter().find(|(j, _)| j == i).map(|(_, n)| n.clone())
-                    }
-                    _ => None,
-                });
-                (gw, dev)
-            })
-            .collect())
-    }
 }
 
 fn family(v6: bool) -> AddressFamily {
@@ -200,5 +176,61 @@ fn family(v6: bool) -> AddressFamily {
         AddressFamily::Inet6
     } else {
         AddressFamily::Inet
+    }
+}
+
+/// What the engine does inside a pod's namespace.
+pub trait NetnsOps: Send + Sync {
+    /// The names of the links in the namespace at `netns`.
+    fn link_names(&self, netns: &str) -> io::Result<Vec<String>>;
+    /// Make `gw` via link `ifname` the only default route of its family in `netns`.
+    fn set_default_route(&self, netns: &str, gw: IpAddr, ifname: &str) -> io::Result<()>;
+    /// Whether `netns` is the namespace plexus itself runs in.
+    fn is_own(&self, netns: &str) -> io::Result<bool>;
+}
+
+/// [`NetnsOps`] on the real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kernel;
+
+impl NetnsOps for Kernel {
+    fn link_names(&self, netns: &str) -> io::Result<Vec<String>> {
+        Ok(Netlink::open_in(Path::new(netns))?
+            .links()?
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect())
+    }
+
+    fn set_default_route(&self, netns: &str, gw: IpAddr, ifname: &str) -> io::Result<()> {
+        Netlink::open_in(Path::new(netns))?.set_default_route(gw, ifname)
+    }
+
+    fn is_own(&self, netns: &str) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let theirs = match std::fs::metadata(netns) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let ours = std::fs::metadata("/proc/thread-self/ns/net")?;
+        Ok(theirs.dev() == ours.dev() && theirs.ino() == ours.ino())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_namespace_is_recognised() {
+        let k = Kernel;
+        assert!(k.is_own("/proc/self/ns/net").unwrap());
+        assert!(k
+            .is_own(&format!("/proc/{}/ns/net", std::process::id()))
+            .unwrap());
+        assert!(!k.is_own("/nonexistent/netns").unwrap());
+        // Another kind of namespace has another inode: not our netns.
+        assert!(!k.is_own("/proc/self/ns/uts").unwrap());
     }
 }

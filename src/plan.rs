@@ -1,9 +1,10 @@
-//! The planner: a pure function from the request, the config and the resolved networks to the
-//! ordered list of attachments. No I/O happens here.
+//! The planner: a pure function from the request, the config and what the cluster and the config
+//! files say, to the ordered list of attachments. It does no I/O of its own: files come through
+//! [`NetworkFiles`], pods and NADs through [`ClusterView`].
 
 use crate::cni::error::{invalid_config, CniError, Code};
 use crate::cni::request::validate_ifname;
-use crate::config::{find_by_name, resolve_reference, NetConf, Network};
+use crate::config::{resolve_reference, NetConf, Network, NetworkFiles};
 use crate::k8s::annotations::{parse_networks, parse_short, NetworkSelection};
 use crate::k8s::devices::Allocator;
 use crate::k8s::RESOURCE_NAME_ANNOTATION;
@@ -12,9 +13,81 @@ use crate::k8s::{
     MAX_NAD_CONFIG_BYTES, NETWORKS_ANNOTATION,
 };
 use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::net::IpAddr;
+
+/// What an attachment gives its plugins besides the runtime's env: capability args (each plugin
+/// sees those it declares, as `runtimeConfig`) and keys merged into every plugin's `args.cni`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DelegateInputs {
+    #[serde(default)]
+    pub capability_args: Map<String, Value>,
+    #[serde(default)]
+    pub cni_args: Map<String, Value>,
+}
+
+/// One network a pod gets, with what was asked of it, before interface names are given out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodNetwork {
+    pub network: Network,
+    /// The interface the selection asked for.
+    pub ifname: Option<String>,
+    pub inputs: DelegateInputs,
+    /// The name network-status shows: `namespace/name` for a NAD, else the network's name.
+    pub status_name: String,
+    pub default_route: Vec<IpAddr>,
+    /// The NAD's `k8s.v1.cni.cncf.io/resourceName`: this network needs a device of it.
+    pub resource: Option<String>,
+    /// The device ID: asked for by the selection (`deviceID`), then the one allocated.
+    pub device_id: Option<String>,
+}
+
+impl PodNetwork {
+    /// A network the config names: nothing asked of it.
+    pub fn plain(network: Network) -> PodNetwork {
+        PodNetwork {
+            status_name: network.name.clone(),
+            network,
+            ifname: None,
+            inputs: DelegateInputs::default(),
+            default_route: vec![],
+            resource: None,
+            device_id: None,
+        }
+    }
+
+    /// A NAD's network, as the pod's selection element asks for it (or as the config names it).
+    fn of_nad(
+        network: Network,
+        nad_ref: String,
+        resource: Option<String>,
+        sel: Option<&NetworkSelection>,
+    ) -> PodNetwork {
+        let mut n = PodNetwork::plain(network);
+        n.status_name = nad_ref;
+        n.resource = resource;
+        if let Some(sel) = sel {
+            n.ifname = sel.interface.clone();
+            n.inputs = DelegateInputs {
+                capability_args: sel.capability_args(),
+                cni_args: sel.cni_args.clone(),
+            };
+            n.default_route = sel.default_route.clone();
+            n.device_id = sel.device_id.clone();
+        }
+        n
+    }
+}
+
+/// The networks of one pod in attachment order: the cluster network, then the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodNetworks {
+    pub cluster: PodNetwork,
+    pub extras: Vec<PodNetwork>,
+}
 
 /// One network to attach to the pod, under one interface name.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,10 +97,7 @@ pub struct Attachment {
     /// The cluster (default) network: gets `CNI_IFNAME`, the runtime's `runtimeConfig`, and its
     /// result is what plexus returns.
     pub cluster: bool,
-    /// Capability args for this attachment; each plugin sees only those it declares.
-    pub capability_args: Map<String, Value>,
-    /// Keys merged into `args.cni` of every plugin of the network.
-    pub cni_args: Map<String, Value>,
+    pub inputs: DelegateInputs,
     /// The name network-status shows: `namespace/name` for a NAD, else the network's name.
     pub status_name: String,
     /// Gateways this attachment should own the default route through (at most one per family).
@@ -38,92 +108,37 @@ pub struct Attachment {
     pub device_info_file: Option<String>,
 }
 
-/// A network the pod gets, with what was asked for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Selection {
-    pub network: Network,
-    pub ifname: Option<String>,
-    pub capability_args: Map<String, Value>,
-    pub cni_args: Map<String, Value>,
-    pub status_name: String,
-    pub default_route: Vec<IpAddr>,
-    /// The NAD's `k8s.v1.cni.cncf.io/resourceName`: this network needs a device of it.
-    pub resource: Option<String>,
-    /// The device ID: asked for by the selection (`deviceID`), then the one allocated.
-    pub device_id: Option<String>,
+/// Where the planner reads from besides the config.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub files: &'a dyn NetworkFiles,
+    /// The cluster, when plexus runs with Kubernetes.
+    pub cluster: Option<&'a dyn ClusterView>,
+    /// The pod, when the runtime said which pod this is.
+    pub pod: Option<&'a Pod>,
 }
 
-impl Selection {
-    pub fn plain(network: Network) -> Selection {
-        Selection {
-            status_name: network.name.clone(),
-            network,
-            ifname: None,
-            capability_args: Map::new(),
-            cni_args: Map::new(),
-            default_route: vec![],
-            resource: None,
-            device_id: None,
-        }
-    }
-
-    fn from_nad(nad: NadNetwork, sel: &NetworkSelection) -> Selection {
-        Selection {
-            network: nad.network,
-            ifname: sel.interface.clone(),
-            capability_args: sel.capability_args(),
-            cni_args: sel.cni_args.clone(),
-            status_name: nad.nad_ref,
-            default_route: sel.default_route.clone(),
-            resource: nad.resource,
-            device_id: sel.device_id.clone(),
-        }
-    }
-
-    fn of_nad(nad: NadNetwork) -> Selection {
-        let mut s = Selection::plain(nad.network);
-        s.status_name = nad.nad_ref;
-        s.resource = nad.resource;
-        s
-    }
-}
-
-/// A network read from a NAD, with what the NAD says besides its config.
-struct NadNetwork {
-    network: Network,
-    nad_ref: String,
-    resource: Option<String>,
-}
-
-/// The networks of one pod, before interface names are given out.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
-    pub cluster: Selection,
-    pub extras: Vec<Selection>,
-}
-
-/// Work out which networks a pod gets (I/O only through `view`, which may be in memory):
+/// Work out which networks a pod gets:
 /// - no Kubernetes: the configured networks;
 /// - Kubernetes but no pod identity: the cluster network only;
 /// - a pod: its cluster network (or the `v1.multus-cni.io/default-network` one), the
 ///   `defaultNetworks` (not for `systemNamespaces`), then each network its annotation selects.
-pub fn resolve(
-    conf: &NetConf,
-    view: Option<&dyn ClusterView>,
-    pod: Option<&Pod>,
-) -> Result<Resolved, CniError> {
+pub fn resolve(conf: &NetConf, src: Sources<'_>) -> Result<PodNetworks, CniError> {
     conf.require_networks()?;
-    let Some(view) = view else {
-        let mut all = conf.static_networks()?.into_iter().map(Selection::plain);
+    let Some(view) = src.cluster else {
+        let mut all = conf
+            .static_networks(src.files)?
+            .into_iter()
+            .map(PodNetwork::plain);
         let cluster = all.next().expect("at least one");
-        return Ok(Resolved {
+        return Ok(PodNetworks {
             cluster,
             extras: all.collect(),
         });
     };
-    let Some(pod) = pod else {
-        return Ok(Resolved {
-            cluster: static_cluster(conf, view)?,
+    let Some(pod) = src.pod else {
+        return Ok(PodNetworks {
+            cluster: static_cluster(conf, src.files, view)?,
             extras: vec![],
         });
     };
@@ -150,56 +165,61 @@ pub fn resolve(
                 .clone()
                 .unwrap_or_else(|| conf.multus_namespace.clone());
             check_isolation(conf, &pod_name, &pod_ns, &ns, &sel.name)?;
-            Selection::of_nad(fetch_nad(conf, view, &ns, &sel.name, &pod_name)?)
+            fetch_nad(conf, src.files, view, &ns, &sel.name, &pod_name, None)?
         }
-        None => static_cluster(conf, view)?,
+        None => static_cluster(conf, src.files, view)?,
     };
     let mut extras = Vec::new();
     if conf.cluster_network.is_some() {
         if !conf.system_namespaces.contains(&pod_ns) {
             for n in &conf.default_networks {
                 extras.push(
-                    reference(conf, view, n)
+                    reference(conf, src.files, view, n)
                         .map_err(|e| e.context(format!("defaultNetworks \"{n}\"")))?,
                 );
             }
         }
     } else {
         extras.extend(
-            conf.static_networks()?
+            conf.static_networks(src.files)?
                 .into_iter()
                 .skip(1)
-                .map(Selection::plain),
+                .map(PodNetwork::plain),
         );
     }
     for sel in &selections {
         let ns = sel.namespace.clone().unwrap_or_else(|| pod_ns.clone());
         check_isolation(conf, &pod_name, &pod_ns, &ns, &sel.name)?;
-        extras.push(Selection::from_nad(
-            fetch_nad(conf, view, &ns, &sel.name, &pod_name)?,
-            sel,
-        ));
+        extras.push(fetch_nad(
+            conf,
+            src.files,
+            view,
+            &ns,
+            &sel.name,
+            &pod_name,
+            Some(sel),
+        )?);
     }
-    let mut resolved = Resolved { cluster, extras };
-    assign_devices(&mut resolved, view, pod)?;
-    Ok(resolved)
+    let mut networks = PodNetworks { cluster, extras };
+    assign_devices(&mut networks, view, pod)?;
+    Ok(networks)
 }
 
 /// Give each network whose NAD names a resource a device the kubelet allocated to this pod, in
 /// order, and put its ID in every plugin's config (`deviceID`, `pciBusID`), as SR-IOV and other
 /// device plugins' CNIs expect. The pod's devices are read only if some network needs one.
 fn assign_devices(
-    resolved: &mut Resolved,
+    networks: &mut PodNetworks,
     view: &dyn ClusterView,
     pod: &Pod,
 ) -> Result<(), CniError> {
     let mut allocator: Option<Allocator> = None;
-    for sel in std::iter::once(&mut resolved.cluster).chain(resolved.extras.iter_mut()) {
-        let Some(resource) = sel.resource.clone() else {
-            if let Some(id) = &sel.device_id {
+    for n in std::iter::once(&mut networks.cluster).chain(networks.extras.iter_mut()) {
+        let Some(resource) = n.resource.clone() else {
+            if let Some(id) = &n.device_id {
                 return Err(invalid_config(format!(
                     "network {}: deviceID \"{id}\" was asked for, but the NAD names no {RESOURCE_NAME_ANNOTATION} to check it against",
-                    sel.status_name
+                    n.status_name
                 )));
             }
             continue;
@@ -208,9 +228,9 @@ fn assign_devices(
             Some(a) => a,
             None => allocator.insert(Allocator::new(view.pod_devices(pod)?)),
         };
-        let id = alloc.take(&resource, sel.device_id.as_deref(), &sel.status_name)?;
+        let id = alloc.take(&resource, n.device_id.as_deref(), &n.status_name)?;
         let mut value: Value =
-            serde_json::from_str(&sel.network.bytes).map_err(|e| invalid_config(e.to_string()))?;
+            serde_json::from_str(&n.network.bytes).map_err(|e| invalid_config(e.to_string()))?;
         let with_id = |p: &mut Value| {
             p["deviceID"] = Value::String(id.clone());
             p["pciBusID"] = Value::String(id.clone());
@@ -219,35 +239,50 @@ fn assign_devices(
             Some(plugins) => plugins.iter_mut().for_each(with_id),
             None => with_id(&mut value),
         }
-        sel.network = Network::from_value(value, &sel.network.source)?;
-        if declares(&sel.network, "deviceID") {
-            sel.capability_args
+        n.network = Network::from_value(value, &n.network.source)?;
+        if declares(&n.network, "deviceID") {
+            n.inputs
+                .capability_args
                 .insert("deviceID".into(), Value::String(id.clone()));
         }
-        sel.device_id = Some(id);
+        n.device_id = Some(id);
     }
     Ok(())
 }
 
-fn static_cluster(conf: &NetConf, view: &dyn ClusterView) -> Result<Selection, CniError> {
+fn static_cluster(
+    conf: &NetConf,
+    files: &dyn NetworkFiles,
+    view: &dyn ClusterView,
+) -> Result<PodNetwork, CniError> {
     match &conf.cluster_network {
-        Some(r) => {
-            reference(conf, view, r).map_err(|e| e.context(format!("clusterNetwork \"{r}\"")))
-        }
-        None => Ok(Selection::plain(conf.static_networks()?.remove(0))),
+        Some(r) => reference(conf, files, view, r)
+            .map_err(|e| e.context(format!("clusterNetwork \"{r}\""))),
+        None => Ok(PodNetwork::plain(conf.static_networks(files)?.remove(0))),
     }
 }
 
 /// A `clusterNetwork`/`defaultNetworks` entry: a path; or a name, looked up first as a NAD in
 /// `multusNamespace`, then in `confDir`.
-fn reference(conf: &NetConf, view: &dyn ClusterView, r: &str) -> Result<Selection, CniError> {
+fn reference(
+    conf: &NetConf,
+    files: &dyn NetworkFiles,
+    view: &dyn ClusterView,
+    r: &str,
+) -> Result<PodNetwork, CniError> {
     if !r.contains('/') {
         if let Some(nad) = view.nad(&conf.multus_namespace, r)? {
             let nad_ref = format!("{}/{r}", conf.multus_namespace);
-            return Ok(Selection::of_nad(nad_network_of(conf, &nad, nad_ref)?));
+            let network = nad_network(conf, files, &nad, &nad_ref)?;
+            return Ok(PodNetwork::of_nad(
+                network,
+                nad_ref,
+                resource_of(&nad),
+                None,
+            ));
         }
     }
-    Ok(Selection::plain(resolve_reference(r, &conf.conf_dir)?))
+    Ok(PodNetwork::plain(resolve_reference(r, files)?))
 }
 
 fn check_isolation(
@@ -274,11 +309,13 @@ fn check_isolation(
 
 fn fetch_nad(
     conf: &NetConf,
+    files: &dyn NetworkFiles,
     view: &dyn ClusterView,
     ns: &str,
     name: &str,
     pod_name: &str,
-) -> Result<NadNetwork, CniError> {
+    sel: Option<&NetworkSelection>,
+) -> Result<PodNetwork, CniError> {
     let nad_ref = format!("{ns}/{name}");
     let nad = view.nad(ns, name)?.ok_or_else(|| {
         CniError::new(
@@ -286,120 +323,119 @@ fn fetch_nad(
             format!("pod {pod_name}: NetworkAttachmentDefinition {nad_ref} not found"),
         )
     })?;
-    nad_network_of(conf, &nad, nad_ref)
+    let network = nad_network(conf, files, &nad, &nad_ref)?;
+    Ok(PodNetwork::of_nad(network, nad_ref, resource_of(&nad), sel))
 }
 
-fn nad_network_of(
-    conf: &NetConf,
-    nad: &NetworkAttachmentDefinition,
-    nad_ref: String,
-) -> Result<NadNetwork, CniError> {
-    let resource = nad
-        .metadata
+fn resource_of(nad: &NetworkAttachmentDefinition) -> Option<String> {
+    nad.metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(RESOURCE_NAME_ANNOTATION))
         .map(|r| r.trim().to_string())
-        .filter(|r| !r.is_empty());
-    Ok(NadNetwork {
-        network: nad_network(conf, nad, &nad_ref)?,
-        nad_ref,
-        resource,
-    })
+        .filter(|r| !r.is_empty())
 }
 
 /// The network a NAD describes: its `spec.config` (with `name` injected when missing), or, when
-/// that is empty, the file in `confDir` whose network name is the NAD's name.
+/// that is empty, the file in `confDir` whose network name is the NAD's name. Its plugin types
+/// must be in `allowedPluginTypes` when the admin set one.
 pub fn nad_network(
     conf: &NetConf,
+    files: &dyn NetworkFiles,
     nad: &NetworkAttachmentDefinition,
     nad_ref: &str,
 ) -> Result<Network, CniError> {
     let source = format!("NetworkAttachmentDefinition {nad_ref}");
     let name = nad.metadata.name.clone().unwrap_or_default();
     let config = nad.spec.config.trim();
-    if config.is_empty() {
-        return find_by_name(&conf.conf_dir, &name)?.ok_or_else(|| {
+    let network = if config.is_empty() {
+        let mut n = files.by_name(&name)?.ok_or_else(|| {
             invalid_config(format!(
                 "{source} has no config and {} has no network named \"{name}\"",
-                conf.conf_dir.display()
+                files.describe()
             ))
-        });
-    }
-    if config.len() > MAX_NAD_CONFIG_BYTES {
-        return Err(invalid_config(format!(
-            "{source}: config is {} bytes, more than the {MAX_NAD_CONFIG_BYTES} allowed",
-            config.len()
-        )));
-    }
-    let mut value: Value = serde_json::from_str(config)
-        .map_err(|e| invalid_config(format!("{source}: config is not valid JSON: {e}")))?;
-    if let Value::Object(o) = &mut value {
-        if o.get("name")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            o.insert("name".into(), Value::String(name));
+        })?;
+        n.source = format!("{source} ({})", n.source);
+        n
+    } else {
+        if config.len() > MAX_NAD_CONFIG_BYTES {
+            return Err(invalid_config(format!(
+                "{source}: config is {} bytes, more than the {MAX_NAD_CONFIG_BYTES} allowed",
+                config.len()
+            )));
         }
-    }
-    Network::from_value(value, &source)
+        let mut value: Value = serde_json::from_str(config)
+            .map_err(|e| invalid_config(format!("{source}: config is not valid JSON: {e}")))?;
+        if let Value::Object(o) = &mut value {
+            if o.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                o.insert("name".into(), Value::String(name));
+            }
+        }
+        Network::from_value(value, &source)?
+    };
+    network.require_allowed(conf.allowed_plugin_types.as_deref())?;
+    Ok(network)
 }
 
 /// Plan the attachments: the cluster network first under `CNI_IFNAME` with the runtime's
 /// `runtimeConfig` (NPWG §7.5: runtime options reach the default network only), then each
-/// selection under its requested name or `net<N>`, N its position in the list.
+/// network under its requested name or `net<N>`, N its position in the list.
 pub fn plan(
     runtime_ifname: &str,
     runtime_config: &Map<String, Value>,
-    resolved: Resolved,
+    networks: PodNetworks,
 ) -> Result<Vec<Attachment>, CniError> {
-    let Resolved { cluster, extras } = resolved;
+    let PodNetworks { cluster, extras } = networks;
     let mut out = Vec::with_capacity(extras.len() + 1);
     out.push(Attachment {
         network: cluster.network,
         ifname: runtime_ifname.to_string(),
         cluster: true,
-        capability_args: runtime_config.clone(),
-        cni_args: Map::new(),
+        inputs: DelegateInputs {
+            capability_args: runtime_config.clone(),
+            cni_args: Map::new(),
+        },
         device: cluster.resource.clone().zip(cluster.device_id.clone()),
         device_info_file: None,
         status_name: cluster.status_name,
         default_route: vec![],
     });
-    for (i, sel) in extras.into_iter().enumerate() {
+    for (i, n) in extras.into_iter().enumerate() {
         let position = i + 1;
-        let ifname = match sel.ifname {
+        let ifname = match n.ifname {
             Some(name) => {
                 validate_ifname(&name).map_err(|e| {
                     e.context(format!(
                         "network \"{}\": requested interface",
-                        sel.network.name
+                        n.network.name
                     ))
                 })?;
                 name
             }
             None => format!("net{position}"),
         };
-        let wanted: Vec<&String> = sel.capability_args.keys().collect();
-        if let Some(missing) = wanted.iter().find(|k| !declares(&sel.network, k)) {
+        let wanted: Vec<&String> = n.inputs.capability_args.keys().collect();
+        if let Some(missing) = wanted.iter().find(|k| !declares(&n.network, k)) {
             return Err(CniError::new(
                 Code::UNSUPPORTED_FIELD,
                 format!(
                     "network \"{}\": \"{missing}\" was requested but no plugin of the network ({}) declares the \"{missing}\" capability",
-                    sel.network.name,
-                    sel.network.types()
+                    n.network.name,
+                    n.network.types()
                 ),
             ));
         }
         out.push(Attachment {
-            network: sel.network,
+            network: n.network,
             ifname,
             cluster: false,
-            capability_args: sel.capability_args,
-            cni_args: sel.cni_args,
-            status_name: sel.status_name,
-            default_route: sel.default_route,
-            device: sel.resource.clone().zip(sel.device_id.clone()),
+            inputs: n.inputs,
+            status_name: n.status_name,
+            default_route: n.default_route,
+            device: n.resource.clone().zip(n.device_id.clone()),
             device_info_file: None,
         });
     }
@@ -467,9 +503,9 @@ mod tests {
         .unwrap()
     }
 
-    fn res(cluster: Network, extras: Vec<Selection>) -> Resolved {
-        Resolved {
-            cluster: Selection::plain(cluster),
+    fn res(cluster: Network, extras: Vec<PodNetwork>) -> PodNetworks {
+        PodNetworks {
+            cluster: PodNetwork::plain(cluster),
             extras,
         }
     }
@@ -480,9 +516,9 @@ mod tests {
 
     #[test]
     fn interface_names_follow_positions() {
-        let mut a = Selection::plain(net("a", json!({})));
+        let mut a = PodNetwork::plain(net("a", json!({})));
         a.ifname = Some("foo".into());
-        let b = Selection::plain(net("b", json!({})));
+        let b = PodNetwork::plain(net("b", json!({})));
         let p = plan("eth0", &Map::new(), res(net("c", json!({})), vec![a, b])).unwrap();
         let names: Vec<&str> = p.iter().map(|a| a.ifname.as_str()).collect();
         assert_eq!(names, ["eth0", "foo", "net2"]);
@@ -497,12 +533,12 @@ mod tests {
             &rc,
             res(
                 net("c", json!({"portMappings":true})),
-                vec![Selection::plain(net("x", json!({"portMappings":true})))],
+                vec![PodNetwork::plain(net("x", json!({"portMappings":true})))],
             ),
         )
         .unwrap();
-        assert_eq!(p[0].capability_args, rc);
-        assert!(p[1].capability_args.is_empty());
+        assert_eq!(p[0].inputs.capability_args, rc);
+        assert!(p[1].inputs.capability_args.is_empty());
     }
 
     #[test]
@@ -512,20 +548,20 @@ mod tests {
             &Map::new(),
             res(
                 net("c", json!({})),
-                vec![Selection::plain(net("x", json!({})))],
+                vec![PodNetwork::plain(net("x", json!({})))],
             ),
         )
         .unwrap_err();
         assert!(e.msg.contains("net1"));
-        let mut s = Selection::plain(net("x", json!({})));
+        let mut s = PodNetwork::plain(net("x", json!({})));
         s.ifname = Some("a/b".into());
         assert!(plan("eth0", &Map::new(), res(net("c", json!({})), vec![s])).is_err());
     }
 
     #[test]
     fn a_capability_nobody_declares_fails() {
-        let mut s = Selection::plain(net("x", json!({"portMappings":true})));
-        s.capability_args = obj(json!({"bandwidth":{"ingressRate":1}}));
+        let mut s = PodNetwork::plain(net("x", json!({"portMappings":true})));
+        s.inputs.capability_args = obj(json!({"bandwidth":{"ingressRate":1}}));
         let e = plan("eth0", &Map::new(), res(net("c", json!({})), vec![s])).unwrap_err();
         assert_eq!(e.code, crate::cni::Code::UNSUPPORTED_FIELD);
         assert!(
@@ -552,8 +588,21 @@ mod tests {
 #[cfg(test)]
 mod resolve_tests {
     use super::*;
+    use crate::config::ConfDir;
     use crate::k8s::MemoryView;
     use serde_json::json;
+
+    fn resolve_pod(c: &NetConf, v: &dyn ClusterView, p: &Pod) -> Result<PodNetworks, CniError> {
+        let files = ConfDir(c.conf_dir.clone());
+        resolve(
+            c,
+            Sources {
+                files: &files,
+                cluster: Some(v),
+                pod: Some(p),
+            },
+        )
+    }
 
     fn conf(extra: Value) -> NetConf {
         let mut base = json!({"cniVersion": "1.1.0", "name": "plexus", "kubeconfig": "/dev/null",
@@ -593,14 +642,14 @@ mod resolve_tests {
         (v, p)
     }
 
-    fn names(r: &Resolved) -> Vec<String> {
+    fn names(r: &PodNetworks) -> Vec<String> {
         std::iter::once(&r.cluster)
             .chain(&r.extras)
             .map(|s| s.status_name.clone())
             .collect()
     }
 
-    fn ifnames(r: Resolved) -> Vec<String> {
+    fn ifnames(r: PodNetworks) -> Vec<String> {
         plan("eth0", &Map::new(), r)
             .unwrap()
             .into_iter()
@@ -613,7 +662,15 @@ mod resolve_tests {
         let mut c = conf(json!({}));
         c.delegates
             .push(json!({"cniVersion": "1.0.0", "name": "second", "type": "macvlan"}));
-        let r = resolve(&c, None, None).unwrap();
+        let r = resolve(
+            &c,
+            Sources {
+                files: &ConfDir(c.conf_dir.clone()),
+                cluster: None,
+                pod: None,
+            },
+        )
+        .unwrap();
         assert_eq!(names(&r), ["cluster", "second"]);
     }
 
@@ -623,7 +680,15 @@ mod resolve_tests {
         c.delegates
             .push(json!({"cniVersion": "1.0.0", "name": "second", "type": "macvlan"}));
         let v = view();
-        let r = resolve(&c, Some(&v), None).unwrap();
+        let r = resolve(
+            &c,
+            Sources {
+                files: &ConfDir(c.conf_dir.clone()),
+                cluster: Some(&v),
+                pod: None,
+            },
+        )
+        .unwrap();
         assert_eq!(names(&r), ["cluster"]);
     }
 
@@ -637,7 +702,7 @@ mod resolve_tests {
                 "mv@foo, default/shared, mv",
             )],
         );
-        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&conf(json!({})), &v, &p).unwrap();
         assert_eq!(names(&r), ["cluster", "ns1/mv", "default/shared", "ns1/mv"]);
         assert_eq!(
             ifnames(r),
@@ -653,7 +718,7 @@ mod resolve_tests {
             "ns1",
             &[(crate::k8s::NETWORKS_ANNOTATION, "nameless")],
         );
-        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&conf(json!({})), &v, &p).unwrap();
         assert_eq!(r.extras[0].network.name, "nameless");
     }
 
@@ -664,14 +729,130 @@ mod resolve_tests {
         let v = view().with_nad("ns1", "ondisk", "");
         let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "ondisk")]);
         let c = conf(json!({"confDir": d.path()}));
-        let r = resolve(&c, Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&c, &v, &p).unwrap();
         assert_eq!(r.extras[0].network.plugin_type(0), "vlan");
         let v = view().with_nad("ns1", "nowhere", "");
         let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "nowhere")]);
         assert_eq!(
-            resolve(&c, Some(&v), Some(&p)).unwrap_err().code,
+            resolve_pod(&c, &v, &p).unwrap_err().code,
             Code::INVALID_CONFIG
         );
+    }
+
+    /// Config files served from memory: the planner reads files only through [`NetworkFiles`].
+    struct MemoryFiles(Vec<Network>, std::sync::Mutex<Vec<String>>);
+    impl NetworkFiles for MemoryFiles {
+        fn at_path(&self, path: &str) -> Result<Network, CniError> {
+            self.1.lock().unwrap().push(format!("path {path}"));
+            self.0
+                .first()
+                .cloned()
+                .ok_or_else(|| invalid_config("no files"))
+        }
+        fn by_name(&self, name: &str) -> Result<Option<Network>, CniError> {
+            self.1.lock().unwrap().push(format!("name {name}"));
+            Ok(self.0.iter().find(|n| n.name == name).cloned())
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    #[test]
+    fn files_are_read_only_through_the_network_files_source() {
+        let files = MemoryFiles(
+            vec![
+                Network::from_value(
+                    json!({"cniVersion":"1.0.0","name":"cbr0","type":"bridge"}),
+                    "mem",
+                )
+                .unwrap(),
+                Network::from_value(
+                    json!({"cniVersion":"1.0.0","name":"ondisk","type":"macvlan"}),
+                    "mem",
+                )
+                .unwrap(),
+            ],
+            Default::default(),
+        );
+        // confDir does not exist: every file must come from `files`.
+        let c = conf(json!({"clusterNetwork": "cbr0", "confDir": "/nonexistent/plexus"}));
+        let v = view().with_nad("ns1", "ondisk", "");
+        let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "ondisk")]);
+        let r = resolve(
+            &c,
+            Sources {
+                files: &files,
+                cluster: Some(&v),
+                pod: Some(&p),
+            },
+        )
+        .unwrap();
+        assert_eq!(names(&r), ["cbr0", "ns1/ondisk"]);
+        assert_eq!(r.extras[0].network.plugin_type(0), "macvlan");
+        assert_eq!(*files.1.lock().unwrap(), ["name cbr0", "name ondisk"]);
+    }
+
+    #[test]
+    fn a_nad_cannot_run_plexus_or_a_type_the_admin_did_not_allow() {
+        let v = view()
+            .with_nad(
+                "ns1",
+                "inner",
+                &json!({"cniVersion":"1.0.0","name":"inner","type":"plexus",
+                "binDir":"/tmp/evil","delegates":[{"cniVersion":"1.0.0","name":"x","type":"evil"}]})
+                .to_string(),
+            )
+            .with_nad(
+                "ns1",
+                "chained",
+                &json!({"cniVersion":"1.0.0","name":"chained",
+                "plugins":[{"type":"bridge"},{"type":"multus"}]})
+                .to_string(),
+            );
+        for nad in ["inner", "chained"] {
+            let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, nad)]);
+            let e = resolve_pod(&conf(json!({})), &v, &p).unwrap_err();
+            assert_eq!(e.code, Code::INVALID_CONFIG, "{nad}");
+            assert!(
+                e.msg.contains(&format!("ns1/{nad}")) && e.msg.contains("itself"),
+                "{}",
+                e.msg
+            );
+        }
+        // The default-network annotation and clusterNetwork NADs go the same way.
+        let (v2, p2) = pod(
+            &v,
+            "ns1",
+            &[(crate::k8s::DEFAULT_NETWORK_ANNOTATION, "ns1/inner")],
+        );
+        assert!(resolve_pod(&conf(json!({})), &v2, &p2).is_err());
+        let v3 = view().with_nad(
+            "kube-system",
+            "selfnet",
+            &json!({"cniVersion":"1.0.0","name":"s","type":"multus-shim"}).to_string(),
+        );
+        let (v3, p3) = pod(&v3, "ns1", &[]);
+        assert!(resolve_pod(&conf(json!({"clusterNetwork": "selfnet"})), &v3, &p3).is_err());
+        // allowedPluginTypes: NADs may only use what the admin lists.
+        let c = conf(json!({"allowedPluginTypes": ["macvlan", "bridge"]}));
+        let (v4, p4) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "mv,other/secret")],
+        );
+        let e = resolve_pod(&c, &v4, &p4).unwrap_err();
+        assert!(
+            e.msg.contains("sriov") && e.msg.contains("other/secret"),
+            "{}",
+            e.msg
+        );
+        let (v5, p5) = pod(
+            &view(),
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "mv,default/shared")],
+        );
+        assert!(resolve_pod(&c, &v5, &p5).is_ok());
     }
 
     #[test]
@@ -681,7 +862,7 @@ mod resolve_tests {
             "ns1",
             &[(crate::k8s::NETWORKS_ANNOTATION, "mv,ghost")],
         );
-        let e = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap_err();
+        let e = resolve_pod(&conf(json!({})), &v, &p).unwrap_err();
         assert_eq!(e.code, Code::NAD_NOT_FOUND);
         assert!(
             e.msg.contains("ns1/ghost") && e.msg.contains("pod ns1/p"),
@@ -703,11 +884,11 @@ mod resolve_tests {
             json!({"clusterNetwork": "calico", "defaultNetworks": ["storage"], "confDir": d.path()}),
         );
         let (v, p) = pod(&view(), "ns1", &[]);
-        let r = resolve(&c, Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&c, &v, &p).unwrap();
         assert_eq!(names(&r), ["kube-system/calico", "storage"]);
         // System namespaces do not get defaultNetworks.
         let (v, p) = pod(&view(), "kube-system", &[]);
-        let r = resolve(&c, Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&c, &v, &p).unwrap();
         assert_eq!(names(&r), ["kube-system/calico"]);
     }
 
@@ -718,7 +899,7 @@ mod resolve_tests {
             "ns1",
             &[(crate::k8s::DEFAULT_NETWORK_ANNOTATION, "alt-cluster")],
         );
-        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&conf(json!({})), &v, &p).unwrap();
         assert_eq!(names(&r), ["kube-system/alt-cluster"]);
         assert_eq!(r.cluster.network.plugin_type(0), "ptp");
     }
@@ -731,21 +912,21 @@ mod resolve_tests {
             "ns1",
             &[(crate::k8s::NETWORKS_ANNOTATION, "other/secret")],
         );
-        let e = resolve(&iso, Some(&v), Some(&p)).unwrap_err();
+        let e = resolve_pod(&iso, &v, &p).unwrap_err();
         assert_eq!(e.code, Code::NAMESPACE_ISOLATION);
         assert!(e.msg.contains("other/secret"), "{}", e.msg);
         // Off: allowed. Own namespace and "default" (the default global list): allowed.
-        assert!(resolve(&conf(json!({})), Some(&v), Some(&p)).is_ok());
+        assert!(resolve_pod(&conf(json!({})), &v, &p).is_ok());
         let (v, p) = pod(
             &view(),
             "ns1",
             &[(crate::k8s::NETWORKS_ANNOTATION, "mv,default/shared")],
         );
-        assert!(resolve(&iso, Some(&v), Some(&p)).is_ok());
+        assert!(resolve_pod(&iso, &v, &p).is_ok());
         // globalNamespaces replaces the list.
         let g = conf(json!({"namespaceIsolation": true, "globalNamespaces": "other, x"}));
         assert_eq!(
-            resolve(&g, Some(&v), Some(&p)).unwrap_err().code,
+            resolve_pod(&g, &v, &p).unwrap_err().code,
             Code::NAMESPACE_ISOLATION
         );
         let (v, p) = pod(
@@ -753,7 +934,7 @@ mod resolve_tests {
             "ns1",
             &[(crate::k8s::NETWORKS_ANNOTATION, "other/secret")],
         );
-        assert!(resolve(&g, Some(&v), Some(&p)).is_ok());
+        assert!(resolve_pod(&g, &v, &p).is_ok());
         // The default-network annotation too.
         let (v, p) = pod(
             &view(),
@@ -764,7 +945,7 @@ mod resolve_tests {
             )],
         );
         assert_eq!(
-            resolve(&iso, Some(&v), Some(&p)).unwrap_err().code,
+            resolve_pod(&iso, &v, &p).unwrap_err().code,
             Code::NAMESPACE_ISOLATION
         );
     }
@@ -773,12 +954,12 @@ mod resolve_tests {
     fn per_attachment_requests_and_capabilities() {
         let ann = r#"[{"name":"mv","ips":["10.1.0.5/24"],"cni-args":{"k":"v"}},{"name":"shared","namespace":"default","mac":"02:00:00:00:00:01"}]"#;
         let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
-        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&conf(json!({})), &v, &p).unwrap();
         assert_eq!(
-            r.extras[0].capability_args,
+            r.extras[0].inputs.capability_args,
             json!({"ips": ["10.1.0.5/24"]}).as_object().unwrap().clone()
         );
-        assert_eq!(r.extras[0].cni_args["k"], "v");
+        assert_eq!(r.extras[0].inputs.cni_args["k"], "v");
         // "shared" declares only "ips": a mac request it cannot honour fails (NPWG §4.1.2.1.4).
         let e = plan("eth0", &Map::new(), r).unwrap_err();
         assert_eq!(e.code, Code::UNSUPPORTED_FIELD);
@@ -793,7 +974,7 @@ mod resolve_tests {
     fn one_default_route_per_family() {
         let ann = r#"[{"name":"mv","default-route":["10.1.0.1"]},{"name":"shared","namespace":"default","default-route":["10.2.0.1","fd00::1"]}]"#;
         let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
-        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&conf(json!({})), &v, &p).unwrap();
         let e = plan("eth0", &Map::new(), r).unwrap_err();
         assert!(
             e.msg.contains("IPv4 default route") && e.msg.contains("ns1/mv, default/shared"),
@@ -802,7 +983,7 @@ mod resolve_tests {
         );
         let ann = r#"[{"name":"mv","default-route":["10.1.0.1"]},{"name":"shared","namespace":"default","default-route":["fd00::1"]}]"#;
         let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
-        let r = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let r = resolve_pod(&conf(json!({})), &v, &p).unwrap();
         assert!(plan("eth0", &Map::new(), r).is_ok());
     }
 
@@ -823,7 +1004,7 @@ mod resolve_tests {
             .into(),
         );
         let (v, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "vf,vf2")]);
-        let res = resolve(&conf(json!({})), Some(&v), Some(&p)).unwrap();
+        let res = resolve_pod(&conf(json!({})), &v, &p).unwrap();
         let first = &res.extras[0];
         assert_eq!(first.device_id.as_deref(), Some("0000:03:02.1"));
         for plugin in &first.network.plugins {
@@ -837,17 +1018,20 @@ mod resolve_tests {
             "the cached config carries the ID to DEL"
         );
         assert_eq!(
-            first.capability_args["deviceID"], "0000:03:02.1",
+            first.inputs.capability_args["deviceID"], "0000:03:02.1",
             "declared: runtimeConfig too"
         );
         assert_eq!(res.extras[1].network.plugins[0]["deviceID"], "0000:03:02.2");
         assert!(
-            !res.extras[1].capability_args.contains_key("deviceID"),
+            !res.extras[1]
+                .inputs
+                .capability_args
+                .contains_key("deviceID"),
             "not declared: config only"
         );
         // More networks than devices: a clear error naming the network.
         let (v2, p2) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, "vf,vf2,vf")]);
-        let e = resolve(&conf(json!({})), Some(&v2), Some(&p2)).unwrap_err();
+        let e = resolve_pod(&conf(json!({})), &v2, &p2).unwrap_err();
         assert!(
             e.msg.contains("ns1/vf") && e.msg.contains("allocated 2"),
             "{}",
@@ -862,7 +1046,7 @@ mod resolve_tests {
                 r#"[{"name":"vf","deviceID":"0000:99:00.1"}]"#,
             )],
         );
-        assert!(resolve(&conf(json!({})), Some(&v3), Some(&p3)).is_err());
+        assert!(resolve_pod(&conf(json!({})), &v3, &p3).is_err());
         let (v4, p4) = pod(
             &v,
             "ns1",
@@ -871,7 +1055,7 @@ mod resolve_tests {
                 r#"[{"name":"mv","deviceID":"0000:03:02.1"}]"#,
             )],
         );
-        assert!(resolve(&conf(json!({})), Some(&v4), Some(&p4))
+        assert!(resolve_pod(&conf(json!({})), &v4, &p4)
             .unwrap_err()
             .msg
             .contains("names no"));
@@ -899,7 +1083,7 @@ mod resolve_tests {
             .join(",");
         let (v, p) = pod(&view(), "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, &many)]);
         let counting = Counting(v, std::cell::Cell::new(0));
-        let e = resolve(&conf(json!({})), Some(&counting), Some(&p)).unwrap_err();
+        let e = resolve_pod(&conf(json!({})), &counting, &p).unwrap_err();
         assert!(e.msg.contains("more than"), "{}", e.msg);
         assert_eq!(counting.1.get(), 0, "no API storm");
     }

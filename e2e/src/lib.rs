@@ -54,14 +54,6 @@ pub fn plexus_bin() -> PathBuf {
         .unwrap_or_else(|| target_dir().join("plexus"))
 }
 
-/// The value after `flag` on the command line, for the suite's small binaries.
-pub fn flag(args: &[String], flag: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(
@@ -342,6 +334,8 @@ impl TestEnv {
             "cniVersion": version, "name": "plexus", "type": "plexus",
             "binDir": self.bin_dir(), "cniDir": self.cni_dir(), "confDir": self.path().join("conf"),
             "logLevel": "debug", "delegateTimeoutSeconds": 20,
+            // Delegates get only the CNI environment: the stand-ins' state dir is passed on.
+            "delegateEnv": ["PLEXUS_STANDIN_DIR"],
             "delegates": delegates,
         })
     }
@@ -409,31 +403,35 @@ impl Fixture {
         }
     }
 
-    /// One HTTP/1.1 request over the unix socket. Returns (status, JSON body).
+    /// One request to the fixture over its unix socket. Returns (status, JSON body).
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-        use std::io::Read;
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: fixture\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{payload}",
-            payload.len()
+        self.call_raw(
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
         )
-        .unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw);
-        let code: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// The same with a raw body.
+    pub fn call_raw(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let r = plexus::unix_http::call(
+            &self.socket,
+            method,
+            path,
+            Some("application/json"),
+            body,
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("fixture {method} {path}: {e}"));
+        (
+            r.status,
+            serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Require this bearer token from now on (empty: no auth).
+    pub fn set_token(&self, token: &str) {
+        self.call_raw("PUT", "/fixture/token", token.as_bytes().to_vec());
     }
 
     pub fn create_pod(&self, ns: &str, name: &str, annotations: Value) -> Value {
@@ -503,6 +501,23 @@ impl Fixture {
             .collect()
     }
 
+    /// (API group, resource[/subresource], RBAC verb) of every API request since the last clear,
+    /// as the API server's authorizer sees them.
+    pub fn rbac_requests(&self) -> Vec<(String, String, String)> {
+        let (_, v) = self.call("GET", "/fixture/requests", None);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                rbac_attributes(
+                    r["method"].as_str().unwrap(),
+                    r["path"].as_str().unwrap(),
+                    r["query"].as_str().unwrap_or(""),
+                )
+            })
+            .collect()
+    }
+
     pub fn clear_requests(&self) {
         self.call("DELETE", "/fixture/requests", None);
     }
@@ -521,18 +536,39 @@ impl Fixture {
     }
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
+/// The RBAC attributes of one API request: group, resource (with `/subresource`), verb.
+pub fn rbac_attributes(method: &str, path: &str, query: &str) -> (String, String, String) {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segs.as_slice() {
+        ["api", _v, rest @ ..] => (String::new(), rest),
+        ["apis", g, _v, rest @ ..] => (g.to_string(), rest),
+        _ => panic!("not an API path: {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        other => other,
+    };
+    let (resource, named) = match rest {
+        [res] => (res.to_string(), false),
+        [res, _name] => (res.to_string(), true),
+        [res, _name, sub] => (format!("{res}/{sub}"), true),
+        _ => panic!("unexpected API path: {path}"),
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => panic!("unexpected method {method} {path}"),
+    };
+    (group, resource, verb.to_string())
 }
 
 impl Drop for Fixture {

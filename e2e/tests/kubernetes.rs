@@ -60,7 +60,7 @@ fn pod_without_annotation_gets_the_cluster_network_and_a_status() {
         c.api.requests(),
         [
             "GET /api/v1/namespaces/default/pods/web",
-            "PUT /api/v1/namespaces/default/pods/web/status",
+            "PATCH /api/v1/namespaces/default/pods/web/status",
             "POST /api/v1/namespaces/default/events"
         ]
     );
@@ -407,11 +407,27 @@ fn api_down_fails_add_cleanly_and_del_still_works() {
 }
 
 #[test]
-fn status_conflicts_are_retried_and_late_pods_waited_for() {
+fn a_failed_status_write_rolls_everything_back_and_late_pods_are_waited_for() {
     let c = cluster("k-409", "kbr9", "10.117.0.0/24");
     c.api.create_pod("default", "c", json!({}));
-    c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/c/status", "status": 409, "times": 2}));
+    // The pod is not visible at first (the API lags the kubelet), then the status write fails.
     c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/c", "method": "GET", "status": 404, "times": 2}));
+    c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/c/status", "method": "PATCH", "status": 409, "times": 1}));
+    let msg = c
+        .env
+        .cni_pod("ADD", "k-409", "default", "c", None, &c.conf)
+        .err(110);
+    assert!(
+        msg.contains("network-status") && msg.contains("default/c"),
+        "{msg}"
+    );
+    // Rolled back under the same lock: nothing attached, no IP kept, no cache.
+    c.env.assert_clean(&["kbr9"]);
+    assert!(c.env.reservations("cluster").is_empty());
+    let ev = c.api.events("default");
+    assert_eq!(ev.last().unwrap()["reason"], "FailedAttach");
+    assert_eq!(ev.last().unwrap()["type"], "Warning");
+    // The runtime retries: this time it works.
     c.env
         .cni_pod("ADD", "k-409", "default", "c", None, &c.conf)
         .ok();
@@ -518,13 +534,7 @@ fn rotated_service_account_token_is_picked_up() {
         "contexts": [{"name": "f", "context": {"cluster": "f", "user": "u"}}], "current-context": "f"}).to_string()).unwrap();
     let mut conf = c.conf.clone();
     conf["kubeconfig"] = json!(kc);
-    let set_token = |t: &str| {
-        let mut s = std::os::unix::net::UnixStream::connect(&c.api.socket).unwrap();
-        use std::io::{Read, Write};
-        write!(s, "PUT /fixture/token HTTP/1.1\r\nHost: f\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{t}", t.len()).unwrap();
-        let mut sink = Vec::new();
-        s.read_to_end(&mut sink).unwrap();
-    };
+    let set_token = |t: &str| c.api.set_token(t);
     set_token("first-token");
     std::fs::write(&token, "first-token").unwrap();
     c.env

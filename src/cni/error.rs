@@ -15,6 +15,8 @@ impl Code {
     pub const IO: Code = Code(5);
     pub const DECODE: Code = Code(6);
     pub const INVALID_CONFIG: Code = Code(7);
+    /// libcni's ErrInvalidNetNS: `CNI_NETNS` is not a usable namespace (e.g. the plugin's own).
+    pub const INVALID_NETNS: Code = Code(8);
     pub const TRY_AGAIN_LATER: Code = Code(11);
     pub const NOT_AVAILABLE: Code = Code(50);
     pub const LIMITED_CONNECTIVITY: Code = Code(51);

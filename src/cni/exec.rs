@@ -4,14 +4,17 @@
 
 use super::error::{CniError, Code};
 use super::request::Command;
+use crate::cancel::Cancel;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Cap on a delegate's stdout. A real result is a few KiB; anything past this is a bug.
@@ -23,11 +26,19 @@ pub struct Invocation<'a> {
     pub command: Command,
     pub container_id: &'a str,
     pub netns: &'a str,
+    /// Passed on as `CNI_NETNS_OVERRIDE=1` when the runtime set it for plexus.
+    pub netns_override: bool,
     pub ifname: &'a str,
     pub args: &'a str,
     /// Search path: binDir first, then the runtime's CNI_PATH. Also passed on as CNI_PATH.
     pub path: &'a [PathBuf],
+    /// The environment the admin gives delegates besides the CNI variables (`delegateEnv`).
+    pub env: &'a [(String, String)],
+    /// The delegate's own limit (`delegateTimeoutSeconds`), for messages.
     pub timeout: Duration,
+    /// When it is killed: the delegate's limit or the whole call's, whichever comes first.
+    pub deadline: Instant,
+    pub cancel: &'a Cancel,
 }
 
 /// Check a plugin `type` is a bare file name: no path, no traversal, no option-looking name.
@@ -72,8 +83,22 @@ pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> 
     ))
 }
 
+/// PATH for delegates when the admin does not set one: the reference plugins exec iptables, tc
+/// and friends by name.
+pub const DEFAULT_DELEGATE_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Most of a delegate's stderr kept for one log line; the rest of a longer line is dropped (the
+/// pipe is still drained, so the delegate never blocks or dies of SIGPIPE).
+const MAX_LOG_LINE: usize = 4 << 10;
+
 /// Run a delegate. Ok(stdout) on exit 0; on failure the delegate's own CNI error when it printed
 /// one, else one of plexus's (100–103).
+///
+/// One thread does it all with `poll(2)`: writing the config to stdin, reading stdout (bounded)
+/// and stderr (drained to the log, whatever its size), and waiting for the exit through a pidfd,
+/// all under one deadline and the call's cancellation. The delegate runs in its own process group
+/// with the environment the spec defines (plus `PATH` and what the admin configured, nothing
+/// inherited), and dies with plexus (`PR_SET_PDEATHSIG`).
 pub fn run(binary: &Path, inv: &Invocation<'_>, config: &[u8]) -> Result<Vec<u8>, CniError> {
     let plugin = binary
         .file_name()
@@ -81,19 +106,38 @@ pub fn run(binary: &Path, inv: &Invocation<'_>, config: &[u8]) -> Result<Vec<u8>
         .unwrap_or_default();
     let search: Vec<String> = inv.path.iter().map(|p| p.display().to_string()).collect();
     let mut cmd = std::process::Command::new(binary);
-    cmd.env("CNI_COMMAND", inv.command.to_string())
+    cmd.env_clear()
+        .env("PATH", DEFAULT_DELEGATE_PATH)
+        .envs(inv.env.iter().map(|(k, v)| (k, v)))
+        .env("CNI_COMMAND", inv.command.to_string())
         .env("CNI_CONTAINERID", inv.container_id)
         .env("CNI_NETNS", inv.netns)
         .env("CNI_IFNAME", inv.ifname)
         .env("CNI_ARGS", inv.args)
         .env("CNI_PATH", search.join(":"))
-        .env_remove("CNI_NETNS_OVERRIDE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if inv.netns_override {
+        cmd.env("CNI_NETNS_OVERRIDE", "1");
+    }
+    let parent = nix::unistd::getpid();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // plexus may have died between fork and prctl: then nobody would kill us.
+            if nix::unistd::getppid() != parent {
+                let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGKILL);
+            }
+            Ok(())
+        });
+    }
     let started = Instant::now();
-    let deadline = started + inv.timeout;
+    if inv.cancel.is_cancelled() {
+        return Err(cancelled(&plugin, inv));
+    }
     let mut child = cmd.spawn().map_err(|e| {
         CniError::new(
             Code::DELEGATE_FAILED,
@@ -104,65 +148,153 @@ pub fn run(binary: &Path, inv: &Invocation<'_>, config: &[u8]) -> Result<Vec<u8>
     let kill = || {
         let _ = killpg(pgid, Signal::SIGKILL);
     };
-
-    // stdout: bounded, read on its own thread so a chatty or stuck delegate cannot block us.
-    let mut stdout = child.stdout.take().expect("piped");
-    let (out_tx, out_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let res = (&mut stdout)
-            .take(MAX_OUTPUT as u64 + 1)
-            .read_to_end(&mut buf);
-        let _ = out_tx.send(res.map(|_| buf));
-    });
-    // stderr: the delegate's logs go to ours, line by line.
-    let mut stderr = child.stderr.take().expect("piped");
-    let log_name = plugin.clone();
-    let err_thread = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(64 << 10).read_to_end(&mut buf);
-        let text = String::from_utf8_lossy(&buf);
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::info!(delegate = %log_name, "{line}");
-        }
-        text.lines().last().map(str::to_string).unwrap_or_default()
-    });
-
-    // A delegate that does not read stdin must not wedge us: write, then close.
-    if let Some(mut stdin) = child.stdin.take() {
-        if let Err(e) = stdin.write_all(config) {
-            if e.kind() != std::io::ErrorKind::BrokenPipe {
-                tracing::warn!(delegate = %plugin, "writing config to delegate: {e}");
-            }
-        }
+    let pidfd = pidfd_open(child.id());
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    for fd in [
+        stdin.as_ref().map(|f| f.as_fd()),
+        stdout.as_ref().map(|f| f.as_fd()),
+        stderr.as_ref().map(|f| f.as_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
     }
+    let mut written = 0usize;
+    if config.is_empty() {
+        stdin = None;
+    }
+    let mut out: Vec<u8> = Vec::new();
+    let mut log = StderrLog::new(&plugin);
+    let mut status: Option<std::process::ExitStatus> = None;
+    let mut buf = vec![0u8; 64 << 10];
 
-    let remaining = || deadline.saturating_duration_since(Instant::now());
-    let out = match out_rx.recv_timeout(remaining()) {
-        Ok(Ok(buf)) => buf,
-        Ok(Err(e)) => {
-            kill();
-            let _ = child.wait();
-            return Err(CniError::new(
-                Code::DELEGATE_FAILED,
-                format!("reading output of plugin \"{plugin}\": {e}"),
-            ));
+    let outcome: Result<(), CniError> = loop {
+        if status.is_some() {
+            // It exited and its group is gone: what it wrote is in the pipes. Take what is there.
+            read_some(&mut stdout, &mut out, &mut buf);
+            let mut tmp = Vec::new();
+            read_some(&mut stderr, &mut tmp, &mut buf);
+            log.feed(&tmp);
+            break Ok(());
         }
-        Err(_) => {
+        if inv.cancel.is_cancelled() {
             kill();
             let _ = child.wait();
-            return Err(CniError::new(
+            break Err(cancelled(&plugin, inv));
+        }
+        let left = inv.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            kill();
+            let _ = child.wait();
+            break Err(CniError::new(
                 Code::DELEGATE_TIMEOUT,
                 format!(
                     "plugin \"{plugin}\" {} did not finish within {:?}; killed its process group",
-                    inv.command, inv.timeout
+                    inv.command,
+                    inv.timeout
+                        .min(inv.deadline.saturating_duration_since(started))
                 ),
             ));
         }
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
+        let mut slots = [usize::MAX; 5];
+        let watched = [
+            (stdin.as_ref().map(|f| f.as_fd()), PollFlags::POLLOUT),
+            (stdout.as_ref().map(|f| f.as_fd()), PollFlags::POLLIN),
+            (stderr.as_ref().map(|f| f.as_fd()), PollFlags::POLLIN),
+            (pidfd.as_ref().map(|f| f.as_fd()), PollFlags::POLLIN),
+            (inv.cancel.fd(), PollFlags::POLLIN),
+        ];
+        for (slot, (fd, events)) in watched.into_iter().enumerate() {
+            if let Some(fd) = fd {
+                slots[slot] = fds.len();
+                fds.push(PollFd::new(fd, events));
+            }
+        }
+        // Without a pidfd (old kernels), look at the child every few milliseconds.
+        let wait = if pidfd.is_some() {
+            left
+        } else {
+            left.min(Duration::from_millis(5))
+        };
+        let ms = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+        match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                kill();
+                let _ = child.wait();
+                break Err(CniError::new(
+                    Code::DELEGATE_FAILED,
+                    format!("waiting for plugin \"{plugin}\": {e}"),
+                ));
+            }
+        }
+        let ready = |slot: usize| {
+            let i = slots[slot];
+            i != usize::MAX && fds[i].revents().is_some_and(|r| !r.is_empty())
+        };
+        let (in_ready, out_ready, err_ready, exit_ready) = (ready(0), ready(1), ready(2), ready(3));
+        drop(fds);
+        if in_ready {
+            if let Some(w) = stdin.as_mut() {
+                match w.write(&config[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::BrokenPipe {
+                            tracing::warn!(delegate = %plugin, "writing config to delegate: {e}");
+                        }
+                        written = config.len();
+                    }
+                }
+                if written >= config.len() {
+                    stdin = None; // close: the delegate reads to EOF
+                }
+            }
+        }
+        if out_ready {
+            read_some(&mut stdout, &mut out, &mut buf);
+        }
+        if out.len() > MAX_OUTPUT {
+            kill();
+            let _ = child.wait();
+            break Err(CniError::new(
+                Code::DELEGATE_BAD_OUTPUT,
+                format!(
+                    "plugin \"{plugin}\" {} printed more than {MAX_OUTPUT} bytes",
+                    inv.command
+                ),
+            ));
+        }
+        if err_ready {
+            let mut tmp = Vec::new();
+            read_some(&mut stderr, &mut tmp, &mut buf);
+            log.feed(&tmp);
+        }
+        if (exit_ready || pidfd.is_none()) && exited(&child) {
+            // Anything it left running in its group goes too; it had its chance. Killed while
+            // the leader is still a zombie, so the group's ID cannot have been reused.
+            kill();
+            match child.wait() {
+                Ok(st) => status = Some(st),
+                Err(e) => {
+                    break Err(CniError::new(
+                        Code::DELEGATE_FAILED,
+                        format!("waiting for plugin \"{plugin}\": {e}"),
+                    ))
+                }
+            }
+        }
     };
+    log.finish();
+    outcome?;
+    let status = status.expect("loop ends with a status");
+    tracing::debug!(delegate = %plugin, command = %inv.command, ifname = inv.ifname,
+        elapsed_us = started.elapsed().as_micros() as u64, "delegate finished");
     if out.len() > MAX_OUTPUT {
-        kill();
-        let _ = child.wait();
         return Err(CniError::new(
             Code::DELEGATE_BAD_OUTPUT,
             format!(
@@ -171,37 +303,6 @@ pub fn run(binary: &Path, inv: &Invocation<'_>, config: &[u8]) -> Result<Vec<u8>
             ),
         ));
     }
-    // stdout is closed; the process should be exiting. Wait for it (blocking, on a thread, so the
-    // deadline still holds) rather than polling.
-    let (st_tx, st_rx) = mpsc::channel();
-    let mut waited = child;
-    std::thread::spawn(move || {
-        let _ = st_tx.send(waited.wait());
-    });
-    let status = match st_rx.recv_timeout(remaining()) {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            return Err(CniError::new(
-                Code::DELEGATE_FAILED,
-                format!("waiting for plugin \"{plugin}\": {e}"),
-            ))
-        }
-        Err(_) => {
-            kill();
-            return Err(CniError::new(
-                Code::DELEGATE_TIMEOUT,
-                format!(
-                    "plugin \"{plugin}\" {} closed stdout but did not exit within {:?}",
-                    inv.command, inv.timeout
-                ),
-            ));
-        }
-    };
-    // Anything it left running in its group goes too; it had its chance.
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let last_stderr = err_thread.join().unwrap_or_default();
-    tracing::debug!(delegate = %plugin, command = %inv.command, ifname = inv.ifname,
-        elapsed_us = started.elapsed().as_micros() as u64, "delegate finished");
     if status.success() {
         return Ok(out);
     }
@@ -217,10 +318,119 @@ pub fn run(binary: &Path, inv: &Invocation<'_>, config: &[u8]) -> Result<Vec<u8>
         "plugin \"{plugin}\" {} {how} without a CNI error",
         inv.command
     );
-    if !last_stderr.is_empty() {
-        msg.push_str(&format!("; last stderr line: {last_stderr}"));
+    if !log.last.is_empty() {
+        msg.push_str(&format!("; last stderr line: {}", log.last));
     }
     Err(CniError::new(Code::DELEGATE_FAILED, msg))
+}
+
+fn cancelled(plugin: &str, inv: &Invocation<'_>) -> CniError {
+    CniError::new(
+        Code::TRY_AGAIN_LATER,
+        format!(
+            "plugin \"{plugin}\" {}: the call was cancelled (its caller went away or its deadline passed)",
+            inv.command
+        ),
+    )
+}
+
+/// A pidfd for the child (Linux ≥ 5.3): readable once it has exited.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; the returned descriptor is owned by us alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the child has exited, without reaping it.
+fn exited(child: &std::process::Child) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    !matches!(
+        waitid(Id::Pid(Pid::from_raw(child.id() as i32)), flags),
+        Ok(WaitStatus::StillAlive)
+    )
+}
+
+/// Read what is there now (the descriptor is nonblocking). At EOF, or on an error, the pipe is
+/// done and dropped; false then.
+fn read_some<R: Read>(r: &mut Option<R>, out: &mut Vec<u8>, buf: &mut [u8]) -> bool {
+    let Some(src) = r.as_mut() else {
+        return false;
+    };
+    loop {
+        match src.read(buf) {
+            Ok(0) => {
+                *r = None;
+                return false;
+            }
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.len() > MAX_OUTPUT {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                *r = None;
+                return false;
+            }
+        }
+    }
+}
+
+/// A delegate's stderr, logged line by line at info level with the delegate's name; only the
+/// last line is kept (for the error message), and overlong lines are cut.
+struct StderrLog<'a> {
+    plugin: &'a str,
+    partial: Vec<u8>,
+    last: String,
+}
+
+impl<'a> StderrLog<'a> {
+    fn new(plugin: &'a str) -> Self {
+        StderrLog {
+            plugin,
+            partial: Vec::new(),
+            last: String::new(),
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
+            self.take_partial(&bytes[..nl]);
+            self.emit();
+            bytes = &bytes[nl + 1..];
+        }
+        self.take_partial(bytes);
+    }
+
+    fn take_partial(&mut self, bytes: &[u8]) {
+        let room = MAX_LOG_LINE.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn emit(&mut self) {
+        let line = String::from_utf8_lossy(&self.partial)
+            .trim_end()
+            .to_string();
+        self.partial.clear();
+        if !line.trim().is_empty() {
+            tracing::info!(delegate = %self.plugin, "{line}");
+            self.last = line;
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            self.emit();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -271,15 +481,21 @@ mod tests {
         p
     }
 
+    static NEVER: std::sync::LazyLock<Cancel> = std::sync::LazyLock::new(Cancel::never);
+
     fn inv(timeout: Duration) -> Invocation<'static> {
         Invocation {
             command: Command::Add,
             container_id: "c1",
             netns: "/x",
+            netns_override: false,
             ifname: "eth0",
             args: "A=1",
             path: &[],
+            env: &[],
             timeout,
+            deadline: Instant::now() + timeout,
+            cancel: &NEVER,
         }
     }
 
@@ -332,6 +548,87 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.stdout.is_empty(), "grandchild survived");
+    }
+
+    #[test]
+    fn a_delegate_that_never_reads_a_large_config_is_killed_at_the_deadline() {
+        // More than a pipe holds: a write before the deadline started would block forever.
+        let d = tempfile::tempdir().unwrap();
+        let p = script(d.path(), "sleep 30");
+        let config = vec![b' '; 256 << 10];
+        let t = Instant::now();
+        let e = run(&p, &inv(Duration::from_millis(300)), &config).unwrap_err();
+        assert_eq!(e.code, Code::DELEGATE_TIMEOUT, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_chatty_stderr_is_drained_not_cut() {
+        // 1 MiB of logs: with a reader that stops early the delegate would die of SIGPIPE or
+        // block; drained, it finishes and its result is read.
+        let d = tempfile::tempdir().unwrap();
+        let p = script(
+            d.path(),
+            "head -c 1048576 /dev/zero | tr '\\0' 'x' | fold -w 100 >&2; echo '{\"cniVersion\":\"1.0.0\"}'",
+        );
+        let out = run(&p, &inv(Duration::from_secs(20)), b"{}").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap().trim(),
+            r#"{"cniVersion":"1.0.0"}"#
+        );
+    }
+
+    #[test]
+    fn delegates_get_exactly_the_cni_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let p = script(d.path(), "env | sort");
+        // SAFETY: no other test reads this variable.
+        unsafe { std::env::set_var("PLEXUS_TEST_SECRET", "leak") };
+        let extra = [("ADMIN_SET".to_string(), "v".to_string())];
+        let mut i = inv(Duration::from_secs(5));
+        i.env = &extra;
+        i.netns_override = true;
+        let out = String::from_utf8(run(&p, &i, b"").unwrap()).unwrap();
+        let names: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+            .filter(|k| !matches!(*k, "PWD" | "SHLVL" | "_" | "OLDPWD"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ADMIN_SET",
+                "CNI_ARGS",
+                "CNI_COMMAND",
+                "CNI_CONTAINERID",
+                "CNI_IFNAME",
+                "CNI_NETNS",
+                "CNI_NETNS_OVERRIDE",
+                "CNI_PATH",
+                "PATH"
+            ],
+            "{out}"
+        );
+        assert!(out.contains(&format!("PATH={DEFAULT_DELEGATE_PATH}\n")));
+    }
+
+    #[test]
+    fn a_cancelled_call_kills_the_delegate_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let p = script(d.path(), "sleep 30");
+        let cancel = Cancel::new().unwrap();
+        let c2 = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            c2.cancel();
+        });
+        let mut i = inv(Duration::from_secs(30));
+        i.cancel = &cancel;
+        let t = Instant::now();
+        let e = run(&p, &i, b"{}").unwrap_err();
+        assert_eq!(e.code, Code::TRY_AGAIN_LATER, "{e}");
+        assert!(e.msg.contains("cancelled"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

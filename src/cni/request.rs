@@ -54,6 +54,9 @@ pub struct Request {
     pub command: Option<Command>,
     pub container_id: Option<String>,
     pub netns: Option<String>,
+    /// `CNI_NETNS_OVERRIDE` (libcni/skel): a flag, "true" or "1", that lets `CNI_NETNS` be the
+    /// plugin's own namespace. Without it, ADD and CHECK in plexus's own netns are refused.
+    pub netns_override: bool,
     pub ifname: Option<String>,
     /// `CNI_ARGS` as given, in order (`K=V;K2=V2`).
     pub args: Vec<(String, String)>,
@@ -89,7 +92,9 @@ impl Request {
         Ok(Request {
             command,
             container_id: nonempty("CNI_CONTAINERID"),
-            netns: nonempty("CNI_NETNS_OVERRIDE").or_else(|| nonempty("CNI_NETNS")),
+            netns: nonempty("CNI_NETNS"),
+            netns_override: nonempty("CNI_NETNS_OVERRIDE")
+                .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
             ifname: nonempty("CNI_IFNAME"),
             args,
             args_raw,
@@ -370,8 +375,21 @@ mod tests {
     }
 
     #[test]
-    fn netns_override_wins() {
+    fn netns_override_is_a_flag_not_a_path() {
         let r = req(&[("CNI_NETNS", "/a"), ("CNI_NETNS_OVERRIDE", "/b")]).unwrap();
-        assert_eq!(r.netns.as_deref(), Some("/b"));
+        assert_eq!(r.netns.as_deref(), Some("/a"), "CNI_NETNS is the netns");
+        assert!(!r.netns_override, "a path is not \"true\" or \"1\"");
+        for on in ["1", "true", "TRUE", "True"] {
+            assert!(
+                req(&[("CNI_NETNS_OVERRIDE", on)]).unwrap().netns_override,
+                "{on}"
+            );
+        }
+        for off in ["", "0", "false", "yes"] {
+            assert!(
+                !req(&[("CNI_NETNS_OVERRIDE", off)]).unwrap().netns_override,
+                "{off}"
+            );
+        }
     }
 }

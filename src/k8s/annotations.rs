@@ -4,6 +4,7 @@
 
 use crate::cni::error::{CniError, Code};
 use crate::cni::request::validate_ifname;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
 
@@ -157,61 +158,67 @@ fn parse_json(text: &str) -> Result<Vec<NetworkSelection>, CniError> {
     items.iter().map(parse_element).collect()
 }
 
+/// A NetworkSelectionElement as written (NPWG §4.1.2), checked by serde; unknown keys (other
+/// implementations' extensions) are ignored.
+#[derive(Deserialize)]
+struct RawElement {
+    name: Option<String>,
+    namespace: Option<String>,
+    interface: Option<String>,
+    /// The deprecated spelling of `interface`.
+    #[serde(rename = "interfaceRequest")]
+    interface_request: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    ips: Vec<String>,
+    mac: Option<String>,
+    #[serde(rename = "default-route", default, deserialize_with = "null_default")]
+    default_route: Vec<IpAddr>,
+    #[serde(rename = "portMappings")]
+    port_mappings: Option<Value>,
+    bandwidth: Option<Value>,
+    #[serde(rename = "infiniband-guid")]
+    infiniband_guid: Option<String>,
+    #[serde(rename = "cni-args", default, deserialize_with = "null_default")]
+    cni_args: Map<String, Value>,
+    #[serde(rename = "ipam-claim-reference")]
+    ipam_claim_reference: Option<String>,
+    #[serde(rename = "deviceID")]
+    device_id: Option<String>,
+}
+
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 fn parse_element(v: &Value) -> Result<NetworkSelection, CniError> {
     let quoted = v.to_string();
     let e = |why: String| bad(&quoted, why);
-    let Value::Object(o) = v else {
+    if !v.is_object() {
         return Err(e("not an object".into()));
-    };
-    let string = |k: &str| -> Result<Option<String>, CniError> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(e(format!("\"{k}\" must be a string"))),
-        }
-    };
-    let strings = |k: &str| -> Result<Vec<String>, CniError> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(vec![]),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|x| {
-                    x.as_str()
-                        .map(String::from)
-                        .ok_or_else(|| e(format!("\"{k}\" must be a list of strings")))
-                })
-                .collect(),
-            Some(_) => Err(e(format!("\"{k}\" must be a list of strings"))),
-        }
-    };
-    let default_route = strings("default-route")?
-        .iter()
-        .map(|s| {
-            s.parse::<IpAddr>()
-                .map_err(|_| e(format!("default-route \"{s}\" is not an IP address")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    }
+    let raw: RawElement = serde_path_to_error::deserialize(v).map_err(|err| {
+        let path = err.path().to_string();
+        e(format!("\"{path}\": {}", err.into_inner()))
+    })?;
+    // An empty string is no value, as Multus reads it.
+    let given = |s: Option<String>| s.filter(|s| !s.is_empty());
     let sel = NetworkSelection {
-        name: string("name")?.unwrap_or_default(),
-        namespace: string("namespace")?,
-        interface: match string("interface")? {
-            Some(i) => Some(i),
-            None => string("interfaceRequest")?,
-        },
-        ips: strings("ips")?,
-        mac: string("mac")?,
-        default_route,
-        port_mappings: o.get("portMappings").filter(|v| !v.is_null()).cloned(),
-        bandwidth: o.get("bandwidth").filter(|v| !v.is_null()).cloned(),
-        infiniband_guid: string("infiniband-guid")?,
-        cni_args: match o.get("cni-args") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(_) => return Err(e("\"cni-args\" must be an object".into())),
-        },
-        ipam_claim_reference: string("ipam-claim-reference")?,
-        device_id: string("deviceID")?,
+        name: raw.name.unwrap_or_default(),
+        namespace: given(raw.namespace),
+        interface: given(raw.interface).or_else(|| given(raw.interface_request)),
+        ips: raw.ips,
+        mac: given(raw.mac),
+        default_route: raw.default_route,
+        port_mappings: raw.port_mappings.filter(|v| !v.is_null()),
+        bandwidth: raw.bandwidth.filter(|v| !v.is_null()),
+        infiniband_guid: given(raw.infiniband_guid),
+        cni_args: raw.cni_args,
+        ipam_claim_reference: given(raw.ipam_claim_reference),
+        device_id: given(raw.device_id),
     };
     validate(&sel).map_err(e)?;
     Ok(sel)
@@ -450,6 +457,11 @@ mod tests {
         }
         let e = parse_networks(r#"[{"name":"a","mac":"nope"}]"#).unwrap_err();
         assert!(e.msg.contains(r#"{"name":"a","mac":"nope"}"#), "{}", e.msg);
+        // A wrong type names the key.
+        let e = parse_networks(r#"[{"name":"a","ips":[1]}]"#).unwrap_err();
+        assert!(e.msg.contains("\"ips[0]\""), "{}", e.msg);
+        let e = parse_networks(r#"[{"name":"a","default-route":["nope"]}]"#).unwrap_err();
+        assert!(e.msg.contains("\"default-route[0]\""), "{}", e.msg);
         assert!(parse_networks("[{").is_err());
     }
 

@@ -1,29 +1,127 @@
-//! Direct API access for the short-lived plugin process: a kube client on a current-thread tokio
-//! runtime, with explicit timeouts, used through blocking calls.
+//! Direct API access from blocking code: the exec'd plugin's view of the cluster (a kube client on
+//! a current-thread runtime of its own, built only for ADD), and the writes both front doors make
+//! (network-status, Events). Explicit timeouts everywhere.
 
 use super::{ClusterView, NetworkAttachmentDefinition, Reporter};
 use crate::cni::error::{CniError, Code};
 use crate::config::NetConf;
-use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How often, and how long apart, a pod that is not visible yet is looked up again.
 const POD_RETRIES: u32 = 4;
 const POD_RETRY_DELAY: Duration = Duration::from_millis(250);
-/// Conflicting status writes are retried this many times, re-reading the pod each time.
-const STATUS_RETRIES: u32 = 5;
+
+/// Runs API futures from blocking code: on a current-thread runtime of its own (the plugin), or on
+/// the daemon's runtime through its handle (from a blocking thread, never from a worker).
+pub enum Blocking {
+    Own(tokio::runtime::Runtime),
+    Shared(tokio::runtime::Handle),
+}
+
+impl Blocking {
+    /// A current-thread runtime for this process's API calls.
+    pub fn own() -> Result<Blocking, CniError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(Blocking::Own)
+            .map_err(|e| CniError::new(Code::IO, format!("starting the API client runtime: {e}")))
+    }
+
+    /// Wait for `f`. From inside an async task this would deadlock or panic; it is refused.
+    pub fn block_on<F: Future>(&self, f: F) -> Result<F::Output, CniError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(CniError::new(
+                Code::IO,
+                "internal error: a blocking API call was made from an async task",
+            ));
+        }
+        Ok(match self {
+            Blocking::Own(rt) => rt.block_on(f),
+            Blocking::Shared(h) => h.block_on(f),
+        })
+    }
+
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match self {
+            Blocking::Own(rt) => rt.handle().clone(),
+            Blocking::Shared(h) => h.clone(),
+        }
+    }
+}
+
+/// How plexus authenticates to the API server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Kubeconfig(PathBuf),
+    /// The service account of the pod plexus runs in (`KUBERNETES_SERVICE_HOST/PORT` and
+    /// `/var/run/secrets/kubernetes.io/serviceaccount`).
+    InCluster,
+}
+
+impl Credentials {
+    /// The plugin's: the config's `kubeconfig`; else in-cluster when the runtime's environment
+    /// says so (`in_cluster`); else none (no Kubernetes: only configured networks).
+    pub fn for_plugin(conf: &NetConf, in_cluster: bool) -> Option<Credentials> {
+        match &conf.kubeconfig {
+            Some(p) => Some(Credentials::Kubeconfig(p.clone())),
+            None if in_cluster => Some(Credentials::InCluster),
+            None => None,
+        }
+    }
+}
+
+/// A kube client config for `creds`, with plexus's timeouts.
+pub async fn client_config(
+    creds: &Credentials,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<kube::Config, CniError> {
+    let mut config = match creds {
+        Credentials::Kubeconfig(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| {
+                CniError::new(
+                    Code::INVALID_CONFIG,
+                    format!("reading kubeconfig {}: {e}", path.display()),
+                )
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| {
+                    CniError::new(
+                        Code::INVALID_CONFIG,
+                        format!("kubeconfig {}: {e}", path.display()),
+                    )
+                })?
+        }
+        Credentials::InCluster => kube::Config::incluster().map_err(|e| {
+            CniError::new(Code::INVALID_CONFIG, format!("in-cluster API config: {e}"))
+        })?,
+    };
+    // A plain-http API server never uses TLS: without this, kube would load the platform's
+    // whole CA bundle on every plugin run for nothing (several ms per ADD).
+    if config.cluster_url.scheme_str() == Some("http") && config.root_cert.is_none() {
+        config.root_cert = Some(vec![]);
+    }
+    config.connect_timeout = Some(connect_timeout);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    Ok(config)
+}
 
 pub struct ApiView {
-    rt: tokio::runtime::Runtime,
+    rt: Blocking,
     client: kube::Client,
-    /// Where the API is, for messages.
-    server: String,
     /// The kubelet's device-plugin checkpoint, for device IDs.
-    checkpoint: std::path::PathBuf,
+    checkpoint: PathBuf,
     /// The kubelet's PodResources socket, tried first.
-    pod_resources: std::path::PathBuf,
+    pod_resources: PathBuf,
     timeout: Duration,
 }
 
@@ -49,136 +147,51 @@ pub fn api_error(what: &str, e: kube::Error) -> CniError {
 }
 
 impl ApiView {
-    /// Connect as the config says: `kubeconfig` if set; else in-cluster when the service env is
-    /// there; else `None` (no Kubernetes: only configured delegates are attached).
-    pub fn connect(conf: &NetConf) -> Result<Option<ApiView>, CniError> {
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-            && std::env::var_os("KUBERNETES_SERVICE_PORT").is_some();
-        if conf.kubeconfig.is_none() && !in_cluster {
+    /// The plugin's view: a client for `creds` on a runtime of its own; `None` without
+    /// credentials (no Kubernetes).
+    pub fn connect(
+        conf: &NetConf,
+        creds: Option<Credentials>,
+    ) -> Result<Option<ApiView>, CniError> {
+        let Some(creds) = creds else {
             return Ok(None);
-        }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| {
-                CniError::new(Code::IO, format!("starting the API client runtime: {e}"))
-            })?;
-        let mut config = match &conf.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| {
-                    CniError::new(
-                        Code::INVALID_CONFIG,
-                        format!("reading kubeconfig {}: {e}", path.display()),
-                    )
-                })?;
-                rt.block_on(kube::Config::from_custom_kubeconfig(
-                    kc,
-                    &KubeConfigOptions::default(),
-                ))
-                .map_err(|e| {
-                    CniError::new(
-                        Code::INVALID_CONFIG,
-                        format!("kubeconfig {}: {e}", path.display()),
-                    )
-                })?
-            }
-            None => kube::Config::incluster().map_err(|e| {
-                CniError::new(Code::INVALID_CONFIG, format!("in-cluster API config: {e}"))
-            })?,
         };
-        // A plain-http API server never uses TLS: without this, kube would load the platform's
-        // whole CA bundle on every plugin run for nothing (several ms per ADD).
-        if config.cluster_url.scheme_str() == Some("http") && config.root_cert.is_none() {
-            config.root_cert = Some(vec![]);
-        }
-        config.connect_timeout = Some(conf.api_connect_timeout);
-        config.read_timeout = Some(conf.api_timeout);
-        config.write_timeout = Some(conf.api_timeout);
-        let server = config.cluster_url.to_string();
+        let rt = Blocking::own()?;
+        let config = rt.block_on(client_config(
+            &creds,
+            conf.api_connect_timeout,
+            conf.api_timeout,
+        ))??;
         let client = {
-            let _guard = rt.enter();
+            let _guard = rt.handle().enter();
             kube::Client::try_from(config)
                 .map_err(|e| CniError::new(Code::INVALID_CONFIG, format!("API client: {e}")))?
         };
-        Ok(Some(ApiView {
-            rt,
-            client,
-            server,
-            checkpoint: conf.device_checkpoint_file.clone(),
-            pod_resources: conf.pod_resources_socket.clone(),
-            timeout: conf.api_timeout,
-        }))
+        Ok(Some(ApiView::new(rt, client, conf)))
     }
 
-    /// A view over an existing client (tests use a mock service), on its own runtime.
-    pub fn with_client(
-        rt: tokio::runtime::Runtime,
-        make: impl FnOnce() -> kube::Client,
-    ) -> ApiView {
-        let client = {
-            let _guard = rt.enter();
-            make()
-        };
+    /// A view over an existing client (the daemon's; tests use a mock service).
+    pub fn new(rt: Blocking, client: kube::Client, conf: &NetConf) -> ApiView {
         ApiView {
             rt,
             client,
-            server: "mock".into(),
-            checkpoint: super::devices::DEFAULT_CHECKPOINT.into(),
-            pod_resources: super::devices::DEFAULT_POD_RESOURCES_SOCKET.into(),
-            timeout: Duration::from_secs(5),
+            checkpoint: conf.device_checkpoint_file.clone(),
+            pod_resources: conf.pod_resources_socket.clone(),
+            timeout: conf.api_timeout,
         }
     }
 
-    /// Run a future on this view's runtime (tests drive mock servers with it).
-    pub fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(
-        &self,
-        f: F,
-    ) -> tokio::task::JoinHandle<()> {
-        self.rt.spawn(f)
-    }
-
-    pub fn server(&self) -> &str {
-        &self.server
+    pub fn client(&self) -> &kube::Client {
+        &self.client
     }
 
     fn pods(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }
-}
 
-impl ClusterView for ApiView {
-    /// The pod, retried briefly while it is not visible yet (the API may lag the kubelet).
-    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
-        let api = self.pods(namespace);
-        for attempt in 0..=POD_RETRIES {
-            let got = self
-                .rt
-                .block_on(api.get_opt(name))
-                .map_err(|e| api_error(&format!("getting pod {namespace}/{name}"), e))?;
-            if got.is_some() || attempt == POD_RETRIES {
-                return Ok(got);
-            }
-            std::thread::sleep(POD_RETRY_DELAY);
-        }
-        unreachable!()
-    }
-
-    fn nad(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<NetworkAttachmentDefinition>, CniError> {
-        let api: Api<NetworkAttachmentDefinition> = Api::namespaced(self.client.clone(), namespace);
-        self.rt.block_on(api.get_opt(name)).map_err(|e| {
-            api_error(
-                &format!("getting NetworkAttachmentDefinition {namespace}/{name}"),
-                e,
-            )
-        })
-    }
-
-    fn pod_devices(&self, pod: &Pod) -> Result<super::devices::PodDevices, CniError> {
-        // The kubelet's PodResources API when its socket is there; the checkpoint file otherwise.
+    /// The pod's devices from the kubelet: its PodResources API when the socket is there, the
+    /// checkpoint file otherwise.
+    pub fn kubelet_devices(&self, pod: &Pod) -> Result<super::devices::PodDevices, CniError> {
         if self.pod_resources.exists() {
             let ns = pod.metadata.namespace.as_deref().unwrap_or("");
             let name = pod.metadata.name.as_deref().unwrap_or("");
@@ -187,79 +200,124 @@ impl ClusterView for ApiView {
                 ns,
                 name,
                 self.timeout,
-            ));
+            ))?;
         }
         super::devices::read_checkpoint(&self.checkpoint, super::devices::checkpoint_uid(pod))
     }
 }
 
+impl ClusterView for ApiView {
+    /// The pod, retried briefly while it is not visible yet (the API may lag the kubelet).
+    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
+        let api = self.pods(namespace);
+        self.rt.block_on(async {
+            for attempt in 0..=POD_RETRIES {
+                let got = api
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| api_error(&format!("getting pod {namespace}/{name}"), e))?;
+                if got.is_some() || attempt == POD_RETRIES {
+                    return Ok(got);
+                }
+                tokio::time::sleep(POD_RETRY_DELAY).await;
+            }
+            unreachable!()
+        })?
+    }
+
+    fn nad(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<NetworkAttachmentDefinition>, CniError> {
+        let api: Api<NetworkAttachmentDefinition> = Api::namespaced(self.client.clone(), namespace);
+        self.rt.block_on(api.get_opt(name))?.map_err(|e| {
+            api_error(
+                &format!("getting NetworkAttachmentDefinition {namespace}/{name}"),
+                e,
+            )
+        })
+    }
+
+    fn pod_devices(&self, pod: &Pod) -> Result<super::devices::PodDevices, CniError> {
+        self.kubelet_devices(pod)
+    }
+}
+
 impl Reporter for ApiView {
-    /// Write the network-status annotation through `pods/status` (the RBAC Multus uses), with the
-    /// pod's resourceVersion; on a conflict, read the pod again and retry.
+    /// Write the network-status annotation with a JSON merge patch of `pods/status` (the
+    /// subresource Multus writes): no read, no resourceVersion, so no conflict loop. The patch
+    /// carries the pod's UID, so it cannot land on a pod recreated under the same name.
     fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let api = self.pods(&ns);
-        let mut current = pod.clone();
-        for attempt in 0..STATUS_RETRIES {
-            current
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(
-                    super::NETWORK_STATUS_ANNOTATION.to_string(),
-                    value.to_string(),
-                );
-            match self
-                .rt
-                .block_on(api.replace_status(&name, &PostParams::default(), &current))
-            {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 && attempt + 1 < STATUS_RETRIES => {
-                    tracing::debug!(
-                        "network-status of pod {ns}/{name}: conflict, re-reading the pod"
-                    );
-                    current = self
-                        .rt
-                        .block_on(api.get(&name))
-                        .map_err(|e| api_error(&format!("re-reading pod {ns}/{name}"), e))?;
-                }
-                Err(e) => {
-                    return Err(api_error(
-                        &format!("writing network-status of pod {ns}/{name}"),
-                        e,
-                    ))
-                }
-            }
-        }
-        Err(CniError::new(
-            Code::TRY_AGAIN_LATER,
-            format!("writing network-status of pod {ns}/{name}: conflicts kept coming"),
-        ))
+        let patch = status_patch(pod, value);
+        self.rt
+            .block_on(self.pods(&ns).patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            ))?
+            .map(|_| ())
+            .map_err(|e| api_error(&format!("writing network-status of pod {ns}/{name}"), e))
     }
 
-    /// Best-effort: an Event that cannot be written is logged, never fails the pod.
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let now = jiff_now();
-        let event: Result<Event, _> = serde_json::from_value(serde_json::json!({
-            "metadata": {"generateName": format!("{name}."), "namespace": ns},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name,
-                               "uid": pod.metadata.uid, "resourceVersion": pod.metadata.resource_version},
-            "reason": reason,
-            "message": message,
-            "type": if warning { "Warning" } else { "Normal" },
-            "source": {"component": "plexus", "host": hostname()},
-            "reportingComponent": "plexus",
-            "reportingInstance": hostname(),
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }));
-        let Ok(event) = event else { return };
+        let event = pod_event(pod, warning, reason, message);
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = self.rt.block_on(api.create(&PostParams::default(), &event)) {
-            tracing::warn!("event {reason} for pod {ns}/{name}: {e}");
+        match self.rt.block_on(api.create(&PostParams::default(), &event)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("event {reason} for pod {ns}/{name}: {e}"),
+            Err(e) => tracing::warn!("event {reason} for pod {ns}/{name}: {e}"),
         }
+    }
+}
+
+/// The merge patch that sets network-status on this pod (and only this instance of it).
+pub fn status_patch(pod: &Pod, value: &str) -> serde_json::Value {
+    let mut meta = serde_json::json!({"annotations": {super::NETWORK_STATUS_ANNOTATION: value}});
+    if let Some(uid) = &pod.metadata.uid {
+        meta["uid"] = serde_json::Value::String(uid.clone());
+    }
+    serde_json::json!({ "metadata": meta })
+}
+
+/// An Event about the pod, as a kubelet-side component writes one.
+pub fn pod_event(pod: &Pod, warning: bool, reason: &str, message: &str) -> Event {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let host = hostname();
+    Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{name}.")),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(ns),
+            name: Some(name),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+        source: Some(EventSource {
+            component: Some("plexus".into()),
+            host: Some(host.clone()),
+        }),
+        reporting_component: Some("plexus".into()),
+        reporting_instance: Some(host),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
     }
 }
 
@@ -267,33 +325,6 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-/// RFC 3339 UTC, seconds precision, as Kubernetes writes timestamps.
-fn jiff_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -307,15 +338,14 @@ mod tests {
     type Mock = Handle<Request<Body>, Response<Body>>;
 
     fn view() -> (ApiView, Mock) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = Blocking::own().unwrap();
         let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        (
-            ApiView::with_client(rt, move || kube::Client::new(svc, "default")),
-            handle,
-        )
+        let client = {
+            let _g = rt.handle().enter();
+            kube::Client::new(svc, "default")
+        };
+        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap();
+        (ApiView::new(rt, client, &conf), handle)
     }
 
     fn status(code: u16, reason: &str) -> Response<Body> {
@@ -347,7 +377,7 @@ mod tests {
     ) -> std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>> {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = log.clone();
-        view.spawn(async move {
+        view.rt.handle().spawn(async move {
             for answer in answers {
                 let Some((req, send)) = handle.next_request().await else {
                     return;
@@ -429,40 +459,39 @@ mod tests {
     }
 
     #[test]
-    fn network_status_goes_through_pods_status_with_conflict_retry() {
+    fn network_status_is_one_merge_patch_of_pods_status_guarded_by_uid() {
         let (view, handle) = view();
-        let log = serve(
-            &view,
-            handle,
-            vec![
-                status(409, "Conflict"),
-                ok(pod_json("7")),
-                ok(pod_json("8")),
-            ],
-        );
+        let log = serve(&view, handle, vec![ok(pod_json("8"))]);
         let pod: Pod = serde_json::from_value(pod_json("5")).unwrap();
         view.set_network_status(&pod, r#"[{"name":"x"}]"#).unwrap();
         let log = log.lock().unwrap();
         let calls: Vec<&str> = log.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(calls, ["PATCH /api/v1/namespaces/ns1/pods/p/status"]);
+        // Only the annotation, and the UID as a guard: no resourceVersion, so no conflict.
         assert_eq!(
-            calls,
-            [
-                "PUT /api/v1/namespaces/ns1/pods/p/status",
-                "GET /api/v1/namespaces/ns1/pods/p",
-                "PUT /api/v1/namespaces/ns1/pods/p/status"
-            ]
+            log[0].1,
+            json!({"metadata": {"uid": "u1", "annotations": {"k8s.v1.cni.cncf.io/network-status": r#"[{"name":"x"}]"#}}})
         );
-        // The first write carried the resourceVersion read; the retry the fresh one.
-        assert_eq!(log[0].1["metadata"]["resourceVersion"], "5");
-        assert_eq!(log[2].1["metadata"]["resourceVersion"], "7");
-        assert_eq!(
-            log[2].1["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"],
-            r#"[{"name":"x"}]"#
+    }
+
+    #[test]
+    fn a_failed_status_write_is_a_cni_error_naming_the_pod() {
+        let (view, handle) = view();
+        let _log = serve(
+            &view,
+            handle,
+            vec![status(409, "Conflict"), status(503, "ServiceUnavailable")],
         );
-        assert_eq!(
-            log[2].1["metadata"]["annotations"]["a"], "b",
-            "other annotations kept"
+        let pod: Pod = serde_json::from_value(pod_json("5")).unwrap();
+        let e = view.set_network_status(&pod, "[]").unwrap_err();
+        assert_eq!(e.code, Code::KUBE_API);
+        assert!(
+            e.msg.contains("ns1/p") && e.msg.contains("409"),
+            "{}",
+            e.msg
         );
+        let e = view.set_network_status(&pod, "[]").unwrap_err();
+        assert_eq!(e.code, Code::TRY_AGAIN_LATER);
     }
 
     #[test]
@@ -488,12 +517,20 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_are_rfc3339() {
-        let t = jiff_now();
-        assert_eq!(t.len(), 20, "{t}");
-        assert!(
-            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
-            "{t}"
-        );
+    fn event_timestamps_are_rfc3339_and_now() {
+        let pod: Pod = serde_json::from_value(pod_json("5")).unwrap();
+        let before = jiff::Timestamp::now();
+        let e = serde_json::to_value(pod_event(&pod, true, "FailedAttach", "m")).unwrap();
+        for key in ["firstTimestamp", "lastTimestamp"] {
+            let text = e[key].as_str().unwrap();
+            let t: jiff::Timestamp = text.parse().unwrap_or_else(|_| panic!("{key} {text}"));
+            assert!(text.ends_with('Z'), "{text}");
+            // Kubernetes' Time has second precision.
+            assert!(
+                t >= before.round(jiff::Unit::Second).unwrap() - jiff::SignedDuration::from_secs(1)
+            );
+            assert!(t <= jiff::Timestamp::now());
+        }
+        assert_eq!(e["type"], "Warning");
     }
 }

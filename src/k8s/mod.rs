@@ -103,12 +103,16 @@ pub fn check_uid(pod_ref: &PodRef, pod: &Pod) -> Result<(), CniError> {
     ))
 }
 
-/// An in-memory cluster, for tests and the planner's unit tests.
+/// An in-memory cluster, for the planner's and the engine's unit tests: reports are recorded
+/// (`"status <pod> <value>"`, `"event <pod> <reason> <message>"`), and a status write can be made
+/// to fail.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryView {
     pub pods: HashMap<(String, String), Pod>,
     pub nads: HashMap<(String, String), NetworkAttachmentDefinition>,
     pub devices: devices::PodDevices,
+    pub reports: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub fail_status: bool,
 }
 
 impl MemoryView {
@@ -167,5 +171,38 @@ impl ClusterView for MemoryView {
     }
     fn pod_devices(&self, _pod: &Pod) -> Result<devices::PodDevices, CniError> {
         Ok(self.devices.clone())
+    }
+}
+
+impl Reporter for MemoryView {
+    fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError> {
+        let who = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        if self.fail_status {
+            return Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!("writing network-status of pod {who}: injected failure"),
+            ));
+        }
+        self.reports
+            .lock()
+            .unwrap()
+            .push(format!("status {who} {value}"));
+        Ok(())
+    }
+
+    fn event(&self, pod: &Pod, _warning: bool, reason: &str, message: &str) {
+        let who = format!(
+            "{}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        self.reports
+            .lock()
+            .unwrap()
+            .push(format!("event {who} {reason} {message}"));
     }
 }

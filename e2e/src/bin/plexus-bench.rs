@@ -139,7 +139,13 @@ impl Bench {
         for (net, ifname) in &nets {
             let mut prev: Option<Value> = None;
             for p in 0..net.plugins.len() {
-                let conf = plugin_config(net, p, &Map::new(), &Map::new(), prev.as_ref());
+                let conf = plugin_config(
+                    net,
+                    p,
+                    &plexus::plan::DelegateInputs::default(),
+                    prev.as_ref(),
+                    &Map::new(),
+                );
                 let bin = self.plugins.join(net.plugin_type(p));
                 let r = exec(
                     &bin,
@@ -159,7 +165,13 @@ impl Bench {
         }
         for ((net, ifname), prev) in nets.iter().zip(&results).rev() {
             for p in (0..net.plugins.len()).rev() {
-                let conf = plugin_config(net, p, &Map::new(), &Map::new(), prev.as_ref());
+                let conf = plugin_config(
+                    net,
+                    p,
+                    &plexus::plan::DelegateInputs::default(),
+                    prev.as_ref(),
+                    &Map::new(),
+                );
                 let bin = self.plugins.join(net.plugin_type(p));
                 let r = exec(
                     &bin,
@@ -215,14 +227,26 @@ fn enter(netns: &str) {
     .unwrap();
 }
 
+/// plexus's benchmark: per-pod cost against the same delegates run directly.
+#[derive(clap::Parser)]
+struct Args {
+    /// ADD+DEL pairs per configuration and round.
+    #[arg(long, default_value_t = 60)]
+    iterations: usize,
+    /// Rounds, alternating plexus and the floor.
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
+    /// Rewrite this markdown file with the results.
+    #[arg(long)]
+    write: Option<String>,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |f: &str| plexus_e2e::flag(&args, f);
-    let iterations: usize = arg("--iterations")
-        .map(|s| s.parse().unwrap())
-        .unwrap_or(60);
-    let rounds: usize = arg("--rounds").map(|s| s.parse().unwrap()).unwrap_or(6);
-    let write = arg("--write");
+    let Args {
+        iterations,
+        rounds,
+        write,
+    } = clap::Parser::parse();
 
     let env = TestEnv::new("bench");
     let api = Fixture::start(&env);

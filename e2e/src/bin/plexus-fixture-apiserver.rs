@@ -220,6 +220,22 @@ async fn handle(
         (Method::PUT, Some(n), None | Some("status")) => {
             replace(&app, kind, &ns, &n, &body, sub.is_some())
         }
+        (Method::PATCH, Some(n), None | Some("status")) => {
+            let merge = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/merge-patch+json"));
+            if !merge {
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    "the fixture takes application/merge-patch+json patches only".into(),
+                    None,
+                    "",
+                );
+            }
+            patch(&app, kind, &ns, &n, &body, sub.is_some())
+        }
         (Method::DELETE, Some(n), None) => delete(&app, kind, &ns, &n),
         _ => status(
             405,
@@ -435,6 +451,72 @@ fn replace(
     respond(200, &obj)
 }
 
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+fn patch(
+    app: &App,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+    status_only: bool,
+) -> Response<Body> {
+    let Ok(p) = serde_json::from_slice::<Value>(body) else {
+        return status(400, "BadRequest", "body is not JSON".into(), None, "");
+    };
+    let mut st = app.state.lock().unwrap();
+    let key = (kind, ns.to_string(), name.to_string());
+    let Some(current) = st.objects.get(&key).cloned() else {
+        return not_found(kind, name);
+    };
+    let mut obj = current.clone();
+    merge(&mut obj, &p);
+    // As the API server's storage: a UID in the result that is not the object's is a failed
+    // precondition (the pod was recreated under the same name).
+    let uid = current["metadata"]["uid"].as_str().unwrap_or("");
+    if let Some(sent) = obj["metadata"]["uid"].as_str().filter(|u| *u != uid) {
+        return status(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} \"{name}\": StorageError: invalid object, Code: 4, Key: /registry/{}/{ns}/{name}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: UID in precondition: {sent}, UID in object meta: {uid}", kind.plural(), kind.plural()),
+            Some(kind),
+            name,
+        );
+    }
+    let sent_rv = p["metadata"]["resourceVersion"].as_str().unwrap_or("");
+    if !sent_rv.is_empty() && Some(sent_rv) != current["metadata"]["resourceVersion"].as_str() {
+        return status(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", kind.plural()),
+            Some(kind),
+            name,
+        );
+    }
+    if status_only {
+        obj["spec"] = current["spec"].clone();
+    }
+    obj["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+    stamp(&mut st, kind, ns, &mut obj);
+    st.objects.insert(key, obj.clone());
+    let _ = app.events.send((kind, "MODIFIED".into(), obj.clone()));
+    respond(200, &obj)
+}
+
 fn delete(app: &App, kind: Kind, ns: &str, name: &str) -> Response<Body> {
     let mut st = app.state.lock().unwrap();
     match st.objects.remove(&(kind, ns.to_string(), name.to_string())) {
@@ -448,12 +530,26 @@ fn delete(app: &App, kind: Kind, ns: &str, name: &str) -> Response<Body> {
     }
 }
 
+/// The fixture API server (not a kube-apiserver).
+#[derive(clap::Parser)]
+struct Args {
+    /// TCP address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Also serve on this unix socket (the tests' control channel).
+    #[arg(long)]
+    unix: Option<String>,
+    /// Require this bearer token.
+    #[arg(long)]
+    token: Option<String>,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |f: &str| plexus_e2e::flag(&args, f);
-    let listen = arg("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
-    let unix = arg("--unix");
-    let token = arg("--token");
+    let Args {
+        listen,
+        unix,
+        token,
+    } = clap::Parser::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -88,17 +88,27 @@ fn pods(v: &Value) -> Vec<PodResources> {
         .collect()
 }
 
+/// A fixture kubelet PodResources API for the e2e suite.
+#[derive(clap::Parser)]
+struct Args {
+    /// The unix socket to serve on.
+    #[arg(long)]
+    socket: String,
+    /// A JSON file of pods and their devices.
+    #[arg(long)]
+    pods: String,
+    /// Answer Get with Unimplemented (an older kubelet).
+    #[arg(long)]
+    no_get: bool,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |f: &str| plexus_e2e::flag(&args, f);
-    let socket = arg("--socket").expect("--socket PATH");
-    let data: Value = serde_json::from_str(
-        &std::fs::read_to_string(arg("--pods").expect("--pods FILE")).unwrap(),
-    )
-    .unwrap();
+    let args: Args = clap::Parser::parse();
+    let socket = args.socket;
+    let data: Value = serde_json::from_str(&std::fs::read_to_string(&args.pods).unwrap()).unwrap();
     let kubelet = Kubelet {
         pods: pods(&data),
-        get: !args.iter().any(|a| a == "--no-get"),
+        get: !args.no_get,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

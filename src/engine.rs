@@ -1,0 +1,832 @@
+//! What a CNI call does, in one place: ADD (with rollback), DEL (from the cache), CHECK, STATUS and
+//! GC over a typed request. Both front doors — the exec'd plugin (`plugin.rs`) and the node daemon
+//! — are thin adapters around [`Engine`]; neither implements a CNI rule of its own. What differs
+//! between them is passed in: the cluster (direct API reads, or the daemon's watch cache), how to
+//! reach a pod's netns, and the call's cancellation.
+
+use crate::cache::{AttachmentRecord, Key, Loaded, Lock, ResultCache, SandboxRecord, KIND};
+use crate::cancel::Cancel;
+use crate::chain::{join_errors, Chain, MAX_DEL_ATTEMPTS};
+use crate::cni::error::{CniError, Code};
+use crate::cni::request::{delegate_args, validate_container_id, validate_ifname};
+use crate::cni::{CniResult, Command, Request, Version};
+use crate::config::{ConfDir, NetConf, Network, NetworkFiles, DEFAULT_BIN_DIR, DEFAULT_CNI_DIR};
+use crate::k8s::devices;
+use crate::k8s::status::StatusInput;
+use crate::k8s::{check_uid, ClusterView, PodRef, Reporter};
+use crate::netns::NetnsOps;
+use crate::plan::{declares, plan, resolve, Attachment, DelegateInputs, Sources};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The cluster as the engine sees it: what the planner reads, and where reports go.
+pub trait Cluster: ClusterView + Reporter + Send + Sync {}
+impl<T: ClusterView + Reporter + Send + Sync> Cluster for T {}
+
+/// The core, with what the front door gives it.
+#[derive(Clone)]
+pub struct Engine {
+    /// The cluster, when plexus runs with Kubernetes (plugin mode: only built for ADD).
+    pub cluster: Option<Arc<dyn Cluster>>,
+    /// Where config files come from; `None`: the call's `confDir` on disk.
+    pub files: Option<Arc<dyn NetworkFiles>>,
+    pub netns: Arc<dyn NetnsOps>,
+}
+
+/// One call: the request, its config, and its cancellation.
+pub struct Call<'a> {
+    pub req: &'a Request,
+    pub conf: &'a NetConf,
+    pub cancel: &'a Cancel,
+}
+
+/// How long DEL and GC wait for a lock an ADD holds before asking the runtime to try again.
+const DEL_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+impl Engine {
+    pub fn new(cluster: Option<Arc<dyn Cluster>>, netns: Arc<dyn NetnsOps>) -> Engine {
+        Engine {
+            cluster,
+            files: None,
+            netns,
+        }
+    }
+
+    /// Run ADD, CHECK, STATUS or GC (DEL has [`Engine::del`], which tolerates an unusable
+    /// config). Returns the result to print for ADD.
+    pub fn run(&self, call: &Call<'_>) -> Result<Option<CniResult>, CniError> {
+        match call.req.command() {
+            Command::Add => self.add(call).map(Some),
+            Command::Check => self.check(call).map(|()| None),
+            Command::Status => self.status(call).map(|()| None),
+            Command::Gc => self.gc(call).map(|()| None),
+            Command::Del => self.del(call.req, Some(call.conf)).map(|()| None),
+            Command::Version => Ok(None),
+        }
+    }
+
+    fn files(&self, conf: &NetConf) -> Arc<dyn NetworkFiles> {
+        self.files
+            .clone()
+            .unwrap_or_else(|| Arc::new(ConfDir(conf.conf_dir.clone())))
+    }
+
+    fn chain(&self, call: &Call<'_>, deadline: Option<Instant>) -> Chain {
+        chain_for(call.req, call.conf, call.cancel.clone(), deadline)
+    }
+
+    /// CNI_NETNS_OVERRIDE (libcni/skel): without it, a netns that is plexus's own is refused.
+    fn refuse_own_netns(&self, req: &Request) -> Result<(), CniError> {
+        let netns = req.netns.as_deref().unwrap_or("");
+        if req.netns_override || netns.is_empty() {
+            return Ok(());
+        }
+        match self.netns.is_own(netns) {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(CniError::new(
+                Code::INVALID_NETNS,
+                format!(
+                    "{} for {}: CNI_NETNS {netns} is plexus's own network namespace; set CNI_NETNS_OVERRIDE=1 if that is meant",
+                    req.command(),
+                    req.who()
+                ),
+            )),
+            Err(e) => Err(CniError::new(
+                Code::INVALID_NETNS,
+                format!("{} for {}: CNI_NETNS {netns}: {e}", req.command(), req.who()),
+            )),
+        }
+    }
+
+    /// ADD: wait for readiness, read the pod, plan, attach everything in order, fix default
+    /// routes, record, report. Any failure after the first delegate ran undoes everything, in
+    /// reverse, under the same lock. The whole call is bounded by `addTimeoutSeconds`.
+    pub fn add(&self, call: &Call<'_>) -> Result<CniResult, CniError> {
+        let (req, conf, cancel) = (call.req, call.conf, call.cancel);
+        let deadline = Instant::now() + conf.add_timeout;
+        let who = req.who();
+        self.refuse_own_netns(req)?;
+        wait_ready(conf, deadline, cancel)?;
+        let prev = match &conf.prev_result {
+            Some(v) => Some(
+                CniResult::from_value(v.clone(), conf.cni_version)
+                    .map_err(|e| e.context("prevResult"))?
+                    .0,
+            ),
+            None => None,
+        };
+        let cluster = self.cluster.as_deref();
+        let pod = match (cluster, PodRef::from_request(req)) {
+            (Some(c), Some(r)) => {
+                let pod = c.pod(&r.namespace, &r.name)?.ok_or_else(|| {
+                    CniError::new(
+                        Code::POD_NOT_FOUND,
+                        format!(
+                            "ADD for {who}: pod {r} not found in the API server; nothing attached"
+                        ),
+                    )
+                })?;
+                check_uid(&r, &pod).map_err(|e| e.context(format!("ADD for {who}")))?;
+                Some(pod)
+            }
+            _ => None,
+        };
+        let outcome = self.attach(call, deadline, pod.as_ref(), prev.as_ref());
+        if let (Some(c), Some(pod)) = (cluster, &pod) {
+            match &outcome {
+                Ok(done) => c.event(pod, false, "AddedInterface", &done.summary),
+                // A cancelled call makes no further API calls.
+                Err(e) if !cancel.is_cancelled() => c.event(pod, true, "FailedAttach", &e.msg),
+                Err(_) => {}
+            }
+        }
+        outcome.map(|done| done.result)
+    }
+
+    fn attach(
+        &self,
+        call: &Call<'_>,
+        deadline: Instant,
+        pod: Option<&Pod>,
+        prev: Option<&CniResult>,
+    ) -> Result<Attached, CniError> {
+        let (req, conf, cancel) = (call.req, call.conf, call.cancel);
+        let who = req.who();
+        let files = self.files(conf);
+        let networks = resolve(
+            conf,
+            Sources {
+                files: files.as_ref(),
+                cluster: self.cluster.as_deref().map(|c| c as &dyn ClusterView),
+                pod,
+            },
+        )
+        .map_err(|e| e.context(format!("ADD for {who}")))?;
+        let mut attachments = plan(req.ifname(), &conf.runtime_config, networks)
+            .map_err(|e| e.context(format!("ADD for {who}")))?;
+        let chain = self.chain(call, Some(deadline));
+        chain.preflight(&attachments)?;
+
+        let cache = ResultCache::new(&conf.cni_dir);
+        let key = Key {
+            network: conf.cache_network(),
+            container_id: req.container_id(),
+            ifname: req.ifname(),
+        };
+        // Held to the end, rollback included: no DEL or re-ADD of this container runs meanwhile.
+        let lock = cache.lock(&key, deadline, cancel)?;
+        if let Loaded::Found(stale) = cache.load(&key) {
+            // The runtime should have DELeted first; do it for it rather than leak what was there.
+            tracing::warn!(
+                "ADD for {who}: tearing down {} attachment(s) left from an earlier ADD",
+                stale.attachments.len()
+            );
+            let failed = chain.del_attachments(&stale);
+            if !failed.is_empty() {
+                return Err(join_errors(failed.into_iter().map(|(_, e)| e).collect())
+                    .context("removing attachments of an earlier ADD"));
+            }
+            cache.remove(&key)?;
+        }
+        for a in attachments.iter_mut().filter(|a| a.device.is_some()) {
+            if declares(&a.network, "CNIDeviceInfoFile") {
+                let file = devices::cni_device_info_path(
+                    &conf.device_info_dir,
+                    &a.status_name,
+                    req.container_id(),
+                    &a.ifname,
+                );
+                if let Some(dir) = file.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                a.inputs.capability_args.insert(
+                    "CNIDeviceInfoFile".into(),
+                    Value::String(file.display().to_string()),
+                );
+                a.device_info_file = Some(file.display().to_string());
+            }
+        }
+        if self.cluster.is_some() {
+            self.refuse_taken_names(req, &attachments)
+                .map_err(|e| e.context(format!("ADD for {who}")))?;
+        }
+        // One write names everything this ADD may create, before any delegate runs; a crash at
+        // any point leaves a record DEL can work from (DEL of what was never added succeeds).
+        let mut record = SandboxRecord {
+            kind: KIND.into(),
+            network: key.network.to_string(),
+            container_id: req.container_id().into(),
+            if_name: req.ifname().into(),
+            netns: req.netns.clone().unwrap_or_default(),
+            cni_args: delegate_args(&req.args_raw),
+            pod: PodRef::from_request(req).map(|r| r.to_string()),
+            created: crate::cache::now_rfc3339(),
+            attachments: attachments.iter().map(pending).collect(),
+            del_attempts: 0,
+        };
+        cache.store(&record)?;
+        let mut txn = || -> Result<Attached, CniError> {
+            let results = chain.add(&attachments, prev, &mut record)?;
+            let results = self.apply_default_routes(req, &attachments, &mut record, results)?;
+            cache.store(&record)?;
+            let done = summarize(conf, &attachments, results)?;
+            if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
+                chain.check_live()?;
+                c.set_network_status(pod, &done.status)?;
+            }
+            Ok(done)
+        };
+        match txn() {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                let e = e.context(format!("ADD for {who}"));
+                Err(undo(&chain, &cache, lock, &mut record, e))
+            }
+        }
+    }
+
+    /// NPWG §4.1.1.2 and the spec: an interface name already present in the pod is an error.
+    fn refuse_taken_names(
+        &self,
+        req: &Request,
+        attachments: &[Attachment],
+    ) -> Result<(), CniError> {
+        let netns = req.netns.as_deref().unwrap_or("");
+        let links = self.netns.link_names(netns).map_err(|e| {
+            CniError::new(
+                Code::INVALID_ENV,
+                format!("cannot list the links of CNI_NETNS {netns}: {e}"),
+            )
+        })?;
+        for a in attachments {
+            if links.iter().any(|n| n == &a.ifname) {
+                return Err(CniError::new(
+                    Code::INVALID_CONFIG,
+                    format!(
+                        "interface name \"{}\" (network {}) already exists in {netns}",
+                        a.ifname, a.status_name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Move each requested default route to its attachment's interface inside the pod, and make the
+    /// results (and so the cache, the printed result and network-status) say what is really there.
+    fn apply_default_routes(
+        &self,
+        req: &Request,
+        attachments: &[Attachment],
+        record: &mut SandboxRecord,
+        mut results: Vec<CniResult>,
+    ) -> Result<Vec<CniResult>, CniError> {
+        let requests: Vec<(usize, std::net::IpAddr)> = attachments
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| a.default_route.iter().map(move |g| (i, *g)))
+            .collect();
+        if requests.is_empty() {
+            return Ok(results);
+        }
+        let netns = req.netns.as_deref().unwrap_or("");
+        for (owner, gw) in requests {
+            let any = if gw.is_ipv6() { "::/0" } else { "0.0.0.0/0" };
+            let a = &attachments[owner];
+            self.netns
+                .set_default_route(netns, gw, &a.ifname)
+                .map_err(|e| {
+                    CniError::new(
+                        Code::IO,
+                        format!(
+                            "setting default route via {gw} on {} (network {}): {e}",
+                            a.ifname, a.status_name
+                        ),
+                    )
+                })?;
+            for (i, r) in results.iter_mut().enumerate() {
+                r.routes.retain(|rt| rt.dst != any);
+                if i == owner {
+                    r.routes.push(crate::cni::result::Route {
+                        dst: any.to_string(),
+                        gw: Some(gw.to_string()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        for ((cached, a), r) in record.attachments.iter_mut().zip(attachments).zip(&results) {
+            cached.result = Some(r.to_value(a.network.cni_version)?);
+        }
+        Ok(results)
+    }
+
+    /// DEL: from the cache, in reverse, best-effort. Succeeds when there is nothing to delete, and
+    /// whatever the config says (`conf` is `None` when it is unusable): a DEL that follows a
+    /// refused ADD has nothing to undo. Never needs the API server.
+    pub fn del(&self, req: &Request, conf: Option<&NetConf>) -> Result<(), CniError> {
+        let (Some(id), Some(ifname)) = (req.container_id.as_deref(), req.ifname.as_deref()) else {
+            return req.require();
+        };
+        if let Err(e) = validate_container_id(id).and_then(|()| validate_ifname(ifname)) {
+            tracing::warn!("DEL: {e}; nothing can have been attached");
+            return Ok(());
+        }
+        let cni_dir = conf.map_or_else(|| PathBuf::from(DEFAULT_CNI_DIR), |c| c.cni_dir.clone());
+        let cache = ResultCache::new(&cni_dir);
+        let network = match conf {
+            Some(c) => c.cache_network().to_string(),
+            None => sniff_name(&req.stdin).unwrap_or_else(|| "plexus".into()),
+        };
+        let key = Key {
+            network: &network,
+            container_id: id,
+            ifname,
+        };
+        let mut chain = match conf {
+            Some(c) => chain_for(req, c, Cancel::never(), None),
+            None => Chain {
+                container_id: id.into(),
+                netns: req.netns.clone().unwrap_or_default(),
+                netns_override: req.netns_override,
+                cni_args: delegate_args(&req.args_raw),
+                search_path: search_path(Path::new(DEFAULT_BIN_DIR), req),
+                env: vec![],
+                timeout: Duration::from_secs(60),
+                deadline: None,
+                cancel: Cancel::never(),
+                who: req.who(),
+            },
+        };
+        // In plexus's own netns without the override, delegates must not touch links there (a
+        // DEL of "eth0" would remove the node's): they get no netns, as for one already gone.
+        if !req.netns_override
+            && !chain.netns.is_empty()
+            && self.netns.is_own(&chain.netns).unwrap_or(false)
+        {
+            tracing::warn!(
+                "DEL for {}: CNI_NETNS {} is plexus's own network namespace and CNI_NETNS_OVERRIDE is not set; delegates get no netns",
+                req.who(),
+                chain.netns
+            );
+            chain.netns.clear();
+        }
+        let lock = cache.lock(&key, Instant::now() + DEL_LOCK_WAIT, &Cancel::never())?;
+        match cache.load(&key) {
+            Loaded::Missing => {
+                lock.remove();
+                Ok(())
+            }
+            Loaded::Found(record) => {
+                if chain.cni_args.is_empty() {
+                    chain.cni_args = record.cni_args.clone();
+                }
+                del_record(&chain, &cache, lock, record, &req.who())
+            }
+            Loaded::Unreadable(why) => {
+                tracing::warn!("DEL for {}: cache unreadable ({why}); deleting the configured networks without prevResult", req.who());
+                if let Some(c) = conf {
+                    self.del_configured(&chain, c, ifname);
+                }
+                cache.remove(&key)?;
+                lock.remove();
+                Ok(())
+            }
+        }
+    }
+
+    /// Best-effort DEL of the networks the config names, for when the cache cannot tell us.
+    fn del_configured(&self, chain: &Chain, conf: &NetConf, ifname: &str) {
+        let files = self.files(conf);
+        let sources = Sources {
+            files: files.as_ref(),
+            cluster: None,
+            pod: None,
+        };
+        let Ok(networks) = resolve(conf, sources) else {
+            return;
+        };
+        let Ok(attachments) = plan(ifname, &conf.runtime_config, networks) else {
+            return;
+        };
+        for a in attachments.iter().rev() {
+            if let Err(e) = chain.run_network(
+                Command::Del,
+                &a.network,
+                &a.ifname,
+                &a.inputs,
+                None,
+                &Map::new(),
+            ) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    pub fn check(&self, call: &Call<'_>) -> Result<(), CniError> {
+        let (req, conf) = (call.req, call.conf);
+        require_version(conf, Command::Check, Version::V0_4_0)?;
+        self.refuse_own_netns(req)?;
+        let cache = ResultCache::new(&conf.cni_dir);
+        let key = Key {
+            network: conf.cache_network(),
+            container_id: req.container_id(),
+            ifname: req.ifname(),
+        };
+        let deadline = Instant::now() + conf.add_timeout;
+        let _lock = cache.lock(&key, deadline, call.cancel)?;
+        match cache.load(&key) {
+            Loaded::Found(record) => self.chain(call, Some(deadline)).check(&record),
+            Loaded::Missing => Err(CniError::new(
+                Code::UNKNOWN_CONTAINER,
+                format!("CHECK for {}: nothing was attached", req.who()),
+            )),
+            Loaded::Unreadable(why) => Err(CniError::new(
+                Code::IO,
+                format!("CHECK for {}: cache unreadable: {why}", req.who()),
+            )),
+        }
+    }
+
+    /// STATUS: not ready (50) while the readiness file is missing; then STATUS on every configured
+    /// network that speaks 1.1.0, found in binDir and the runtime's CNI_PATH, whose errors are ours.
+    pub fn status(&self, call: &Call<'_>) -> Result<(), CniError> {
+        let conf = call.conf;
+        require_version(conf, Command::Status, Version::V1_1_0)?;
+        if let Some(file) = &conf.readiness_indicator_file {
+            if !file.exists() {
+                return Err(CniError::new(
+                    Code::NOT_AVAILABLE,
+                    format!(
+                        "cluster network is not ready: readiness indicator file {} does not exist",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        let chain = Chain {
+            who: "STATUS".into(),
+            ..self.chain(call, Some(Instant::now() + conf.add_timeout))
+        };
+        for network in conf.static_networks(self.files(conf).as_ref())? {
+            if network.cni_version >= Version::V1_1_0 {
+                chain.run_network(
+                    Command::Status,
+                    &network,
+                    "",
+                    &DelegateInputs::default(),
+                    None,
+                    &Map::new(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// GC: DEL every attachment this plexus network (the config's `name`) cached whose
+    /// (containerID, ifname) the runtime no longer lists, keeping going past failures; then GC
+    /// every known network that speaks 1.1.0 with the attachments of its own still valid. Every
+    /// error is reported.
+    pub fn gc(&self, call: &Call<'_>) -> Result<(), CniError> {
+        let conf = call.conf;
+        require_version(conf, Command::Gc, Version::V1_1_0)?;
+        let Some(valid) = &conf.valid_attachments else {
+            return Err(CniError::new(
+                Code::INVALID_CONFIG,
+                "GC needs \"cni.dev/valid-attachments\"",
+            ));
+        };
+        let is_valid = |id: &str, ifname: &str| valid.iter().any(|(v, f)| v == id && f == ifname);
+        let cache = ResultCache::new(&conf.cni_dir);
+        let network = conf.cache_network();
+        let mut errors = Vec::new();
+        let mut kept: Vec<SandboxRecord> = Vec::new();
+        for (path, loaded) in cache.all() {
+            let record = match loaded {
+                Loaded::Found(r) if r.network == network => r,
+                Loaded::Found(r) if r.network.is_empty() => {
+                    tracing::info!(
+                        "GC: leaving {} alone: written by plexus < 0.2, it does not say which network made it (the runtime's DEL removes it)",
+                        path.display()
+                    );
+                    continue;
+                }
+                Loaded::Found(_) | Loaded::Missing => continue,
+                Loaded::Unreadable(why) => {
+                    tracing::warn!("GC: leaving unreadable cache file alone: {why}");
+                    continue;
+                }
+            };
+            if is_valid(&record.container_id, &record.if_name) {
+                kept.push(record);
+                continue;
+            }
+            let key = record.key();
+            let lock = match cache.lock(&key, Instant::now() + DEL_LOCK_WAIT, call.cancel) {
+                Ok(l) => l,
+                Err(e) => {
+                    errors.push(e.context("GC"));
+                    continue;
+                }
+            };
+            // Re-read under the lock: a DEL may have finished while we listed.
+            let Loaded::Found(record) = cache.load(&key) else {
+                lock.remove();
+                continue;
+            };
+            tracing::info!(
+                "GC: removing stale attachments of container {} ({})",
+                record.container_id,
+                path.display()
+            );
+            let who = format!("container {} (GC)", record.container_id);
+            let chain = Chain {
+                container_id: record.container_id.clone(),
+                netns: record.netns.clone(),
+                netns_override: false,
+                cni_args: record.cni_args.clone(),
+                who: who.clone(),
+                ..self.chain(call, None)
+            };
+            if let Err(e) = del_record(&chain, &cache, lock, record, &who) {
+                errors.push(e);
+            }
+        }
+
+        // Forward GC, each network with the attachments of its own that are still valid.
+        let mut networks: Vec<Network> = conf
+            .static_networks(self.files(conf).as_ref())
+            .unwrap_or_default();
+        for r in &kept {
+            for a in &r.attachments {
+                if let Ok(n) = Network::from_bytes(a.config.as_bytes(), "cache") {
+                    if !networks
+                        .iter()
+                        .any(|m| m.name == n.name && m.bytes == n.bytes)
+                    {
+                        networks.push(n);
+                    }
+                }
+            }
+        }
+        let chain = Chain {
+            who: "GC".into(),
+            ..self.chain(call, None)
+        };
+        for network in networks
+            .iter()
+            .filter(|n| n.cni_version >= Version::V1_1_0 && !n.disable_gc)
+        {
+            let list: Vec<Value> = kept
+                .iter()
+                .flat_map(|r| {
+                    r.attachments
+                        .iter()
+                        .filter(|a| a.network == network.name)
+                        .map(|a| json!({"containerID": r.container_id, "ifname": a.ifname}))
+                })
+                .collect();
+            // Both keys, as libcni ≥ 1.2.3 sends them (the spec's, and the one it first used).
+            let mut extra = Map::new();
+            extra.insert(
+                "cni.dev/valid-attachments".into(),
+                Value::Array(list.clone()),
+            );
+            extra.insert("cni.dev/attachments".into(), Value::Array(list));
+            if let Err(e) = chain.run_network(
+                Command::Gc,
+                network,
+                "",
+                &DelegateInputs::default(),
+                None,
+                &extra,
+            ) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(join_errors(errors))
+        }
+    }
+}
+
+/// What a successful ADD leaves for the front door and the reports.
+struct Attached {
+    /// The cluster network's result (what plexus prints).
+    result: CniResult,
+    /// The network-status annotation's value.
+    status: String,
+    /// The Event's message.
+    summary: String,
+}
+
+/// An attachment as the pending record lists it, before its delegates ran.
+fn pending(a: &Attachment) -> AttachmentRecord {
+    AttachmentRecord {
+        network: a.network.name.clone(),
+        ifname: a.ifname.clone(),
+        cluster: a.cluster,
+        config: a.network.bytes.clone(),
+        inputs: a.inputs.clone(),
+        result: None,
+        device_info_file: a.device_info_file.clone(),
+        status_name: a.status_name.clone(),
+        device: a.device.clone(),
+    }
+}
+
+fn summarize(
+    conf: &NetConf,
+    attachments: &[Attachment],
+    results: Vec<CniResult>,
+) -> Result<Attached, CniError> {
+    let owns = |v6: bool| {
+        attachments
+            .iter()
+            .position(|a| a.default_route.iter().any(|g| g.is_ipv6() == v6))
+    };
+    let default_owner = owns(false).or(owns(true)).unwrap_or(0);
+    let inputs: Vec<StatusInput> = attachments
+        .iter()
+        .zip(&results)
+        .enumerate()
+        .map(|(i, (a, r))| StatusInput {
+            name: &a.status_name,
+            ifname: &a.ifname,
+            result: r,
+            default: i == default_owner,
+            gateway: a.default_route.iter().map(ToString::to_string).collect(),
+            device_info: a.device.as_ref().and_then(|(resource, id)| {
+                devices::device_info(
+                    a.device_info_file.as_deref(),
+                    &devices::dp_device_info_path(&conf.device_info_dir, resource, id),
+                )
+            }),
+        })
+        .collect();
+    let status =
+        serde_json::to_string(&crate::k8s::status::build(&inputs)).expect("status serializes");
+    let summary = attachments
+        .iter()
+        .zip(&results)
+        .map(|(a, r)| {
+            let ips: Vec<&str> = r.ips.iter().map(|i| i.address.as_str()).collect();
+            format!("{} {:?} from {}", a.ifname, ips, a.status_name)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let cluster = attachments
+        .iter()
+        .position(|a| a.cluster)
+        .expect("the cluster network is planned first");
+    Ok(Attached {
+        result: results.into_iter().nth(cluster).expect("one result each"),
+        status,
+        summary: format!("Added interfaces: {summary}"),
+    })
+}
+
+/// Undo an ADD that failed after attachments were made, in the one place that does it: DEL them
+/// all in reverse; keep in the cache only those whose DEL failed (for the runtime's DEL to retry).
+/// Returns `cause`, with the rollback's errors in its details.
+fn undo(
+    chain: &Chain,
+    cache: &ResultCache,
+    lock: Lock,
+    record: &mut SandboxRecord,
+    cause: CniError,
+) -> CniError {
+    let failed = chain.del_attachments(record);
+    if failed.is_empty() {
+        match cache.remove(&record.key()) {
+            Ok(()) => lock.remove(),
+            Err(e) => tracing::error!("rollback: {e}"),
+        }
+        return cause;
+    }
+    let details: Vec<String> = failed.iter().map(|(_, e)| e.to_string()).collect();
+    record.attachments = failed.into_iter().map(|(a, _)| a).collect();
+    if let Err(e) = cache.store(record) {
+        tracing::error!("rollback: keeping failed attachments for the runtime's DEL: {e}");
+    }
+    let mut cause = cause;
+    let rb = format!("rollback left errors: {}", details.join("; "));
+    cause.details = if cause.details.is_empty() {
+        rb
+    } else {
+        format!("{}; {rb}", cause.details)
+    };
+    cause
+}
+
+/// DEL a record's attachments; remove the record when all are gone, else keep the failed ones
+/// for the next DEL, giving up after [`MAX_DEL_ATTEMPTS`] so the pod is never stranded.
+fn del_record(
+    chain: &Chain,
+    cache: &ResultCache,
+    lock: Lock,
+    mut record: SandboxRecord,
+    who: &str,
+) -> Result<(), CniError> {
+    let failed = chain.del_attachments(&record);
+    if failed.is_empty() {
+        cache.remove(&record.key())?;
+        lock.remove();
+        return Ok(());
+    }
+    record.del_attempts += 1;
+    let errors: Vec<CniError> = failed.iter().map(|(_, e)| e.clone()).collect();
+    if record.del_attempts >= MAX_DEL_ATTEMPTS {
+        tracing::error!(
+            "DEL for {who}: giving up after {} attempts; these may be left behind: {}",
+            record.del_attempts,
+            join_errors(errors)
+        );
+        cache.remove(&record.key())?;
+        lock.remove();
+        return Ok(());
+    }
+    record.attachments = failed.into_iter().map(|(a, _)| a).collect();
+    cache.store(&record)?;
+    Err(join_errors(errors))
+}
+
+fn require_version(conf: &NetConf, cmd: Command, min: Version) -> Result<(), CniError> {
+    if conf.cni_version >= min {
+        return Ok(());
+    }
+    let msg = if cmd == Command::Check {
+        "config version does not allow CHECK".to_string()
+    } else {
+        format!("config version does not allow {cmd}")
+    };
+    Err(
+        CniError::new(Code::INCOMPATIBLE_VERSION, msg).with_details(format!(
+            "config is \"{}\"; {cmd} needs {min} or later",
+            conf.cni_version
+        )),
+    )
+}
+
+/// Wait for the readiness indicator file (NPWG §6.1.2), up to `readinessTimeoutSeconds` and the
+/// call's deadline; a cancelled call stops waiting at once.
+fn wait_ready(conf: &NetConf, deadline: Instant, cancel: &Cancel) -> Result<(), CniError> {
+    let Some(file) = &conf.readiness_indicator_file else {
+        return Ok(());
+    };
+    let until = (Instant::now() + conf.readiness_timeout).min(deadline);
+    loop {
+        if file.exists() {
+            return Ok(());
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || cancel.sleep(left.min(Duration::from_millis(100))) {
+            return Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!(
+                    "cluster network is not ready: readiness indicator file {} does not exist",
+                    file.display()
+                ),
+            ));
+        }
+    }
+}
+
+pub fn search_path(bin_dir: &Path, req: &Request) -> Vec<PathBuf> {
+    let mut p = vec![bin_dir.to_path_buf()];
+    p.extend(req.path.iter().filter(|d| d.as_path() != bin_dir).cloned());
+    p
+}
+
+fn chain_for(req: &Request, conf: &NetConf, cancel: Cancel, deadline: Option<Instant>) -> Chain {
+    Chain {
+        container_id: req.container_id().to_string(),
+        netns: req.netns.clone().unwrap_or_default(),
+        netns_override: req.netns_override,
+        cni_args: delegate_args(&req.args_raw),
+        search_path: search_path(&conf.bin_dir, req),
+        env: conf.delegate_env.clone(),
+        timeout: conf.delegate_timeout,
+        deadline,
+        cancel,
+        who: req.who(),
+    }
+}
+
+/// The `name` of a config too broken to parse as a whole, for finding its cache record.
+fn sniff_name(stdin: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()?
+        .get("name")?
+        .as_str()
+        .filter(|n| crate::cni::request::validate_network_name(n).is_ok())
+        .map(String::from)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,567 @@
+//! The engine over script delegates, without root: the order of ADD, rollback and DEL, partial
+//! failures, GC's scope, STATUS's search path, cancellation and the call's deadline.
+
+use super::*;
+use crate::k8s::MemoryView;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Mutex;
+
+/// A netns that is not plexus's own and has only `lo`; default routes are recorded.
+#[derive(Default)]
+struct FakeNetns {
+    own: bool,
+    routes: Mutex<Vec<String>>,
+}
+
+impl NetnsOps for FakeNetns {
+    fn link_names(&self, _netns: &str) -> std::io::Result<Vec<String>> {
+        Ok(vec!["lo".into()])
+    }
+    fn set_default_route(
+        &self,
+        _netns: &str,
+        gw: std::net::IpAddr,
+        ifname: &str,
+    ) -> std::io::Result<()> {
+        self.routes.lock().unwrap().push(format!("{gw} {ifname}"));
+        Ok(())
+    }
+    fn is_own(&self, _netns: &str) -> std::io::Result<bool> {
+        Ok(self.own)
+    }
+}
+
+/// A test node: a bin dir with the `rec` script delegate, a cni dir, and the delegates' log.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+/// `rec` logs "COMMAND network ifname netns" and answers ADD with one interface; a config key
+/// `fail` (a verb) makes it fail on that verb, `sleep` (seconds) makes its ADD slow, `dump` makes
+/// it copy its config to `<log>.<network>.<verb>`.
+const REC: &str = r#"#!/bin/sh
+conf=$(cat)
+name=$(printf '%s' "$conf" | grep -o '"name":"[^"]*"' | head -n 1 | cut -d '"' -f 4)
+echo "$CNI_COMMAND $name $CNI_IFNAME $CNI_NETNS" >> "$LOG"
+case "$conf" in *'"dump":true'*) printf '%s' "$conf" > "$LOG.$name.$CNI_COMMAND";; esac
+case "$CNI_COMMAND$conf" in ADD*'"sleep":'*) sleep "$(printf '%s' "$conf" | sed -n 's/.*"sleep":\([0-9.]*\).*/\1/p')";; esac
+case "$conf" in *'"fail":"'"$CNI_COMMAND"'"'*) echo '{"code":7,"msg":"injected"}'; exit 1;; esac
+case "$CNI_COMMAND" in
+  ADD) printf '{"cniVersion":"1.0.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"address":"10.1.0.2/24","gateway":"10.1.0.1","interface":0}],"routes":[{"dst":"0.0.0.0/0","gw":"10.1.0.1"}]}' "$CNI_IFNAME" "$CNI_NETNS";;
+  VERSION) echo '{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}';;
+esac
+"#;
+
+impl Node {
+    fn new() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        let rec = dir.path().join("bin/rec");
+        std::fs::write(&rec, REC).unwrap();
+        std::fs::set_permissions(&rec, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Node { dir }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    fn clear_log(&self) {
+        let _ = std::fs::remove_file(self.log_path());
+    }
+
+    fn net(name: &str, extra: Value) -> Value {
+        let mut n = json!({"cniVersion": "1.0.0", "name": name, "type": "rec"});
+        for (k, v) in extra.as_object().unwrap() {
+            n[k] = v.clone();
+        }
+        n
+    }
+
+    /// A plexus config named `name` with these delegates.
+    fn conf(&self, name: &str, version: &str, delegates: Vec<Value>, extra: Value) -> NetConf {
+        let mut c = json!({
+            "cniVersion": version, "name": name, "type": "plexus",
+            "binDir": self.dir.path().join("bin"), "cniDir": self.dir.path().join("cni"),
+            "confDir": self.dir.path().join("conf"),
+            "delegateEnv": [format!("LOG={}", self.log_path().display())],
+            "delegates": delegates,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        NetConf::parse(c.to_string().as_bytes()).unwrap()
+    }
+
+    fn cache(&self) -> ResultCache {
+        ResultCache::new(&self.dir.path().join("cni"))
+    }
+
+    fn records(&self) -> Vec<SandboxRecord> {
+        self.cache()
+            .all()
+            .into_iter()
+            .filter_map(|(_, l)| match l {
+                Loaded::Found(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn req(cmd: &str, id: &str, args: &str) -> Request {
+    let vars: std::collections::HashMap<&str, String> = [
+        ("CNI_COMMAND", cmd.to_string()),
+        ("CNI_CONTAINERID", id.to_string()),
+        ("CNI_NETNS", "/var/run/netns/test".to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_ARGS", args.to_string()),
+    ]
+    .into();
+    Request::from_env(|k| vars.get(k).cloned(), vec![]).unwrap()
+}
+
+fn engine(cluster: Option<MemoryView>) -> Engine {
+    Engine::new(
+        cluster.map(|c| Arc::new(c) as Arc<dyn Cluster>),
+        Arc::new(FakeNetns::default()),
+    )
+}
+
+fn add(e: &Engine, r: &Request, c: &NetConf) -> Result<CniResult, CniError> {
+    e.add(&Call {
+        req: r,
+        conf: c,
+        cancel: &Cancel::never(),
+    })
+}
+
+#[test]
+fn add_goes_in_order_and_del_in_reverse_from_the_cache() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![
+            Node::net("a", json!({})),
+            Node::net("b", json!({})),
+            Node::net("c", json!({})),
+        ],
+        json!({}),
+    );
+    let e = engine(None);
+    let r = add(&e, &req("ADD", "c1", ""), &c).unwrap();
+    assert_eq!(r.interfaces[0].name, "eth0", "the cluster network's result");
+    assert_eq!(n.log(), ["ADD a eth0", "ADD b net1", "ADD c net2"]);
+    let recs = n.records();
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].attachments.iter().all(|a| a.result.is_some()));
+    n.clear_log();
+    // DEL needs no config at all: the cache says what to do.
+    e.del(&req("DEL", "c1", ""), Some(&c)).unwrap();
+    assert_eq!(n.log(), ["DEL c net2", "DEL b net1", "DEL a eth0"]);
+    assert!(n.records().is_empty());
+    assert!(
+        std::fs::read_dir(n.dir.path().join("cni/plexus/locks"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the DEL that empties a record removes its lock file"
+    );
+    // DEL of what is gone succeeds.
+    e.del(&req("DEL", "c1", ""), Some(&c)).unwrap();
+}
+
+#[test]
+fn a_failure_at_any_position_rolls_back_that_one_and_those_before_in_reverse() {
+    for k in 0..3 {
+        let n = Node::new();
+        let nets = (0..3)
+            .map(|i| {
+                let extra = if i == k {
+                    json!({"fail": "ADD"})
+                } else {
+                    json!({})
+                };
+                Node::net(&format!("n{i}"), extra)
+            })
+            .collect();
+        let c = n.conf("plexus", "1.0.0", nets, json!({}));
+        let err = add(&engine(None), &req("ADD", "c1", ""), &c).unwrap_err();
+        assert_eq!(err.code, Code::INVALID_CONFIG, "the delegate's own code");
+        assert!(
+            err.msg.contains(&format!("network \"n{k}\"")) && err.msg.contains("delegate \"rec\""),
+            "{}",
+            err.msg
+        );
+        let ifname = |i: usize| {
+            if i == 0 {
+                "eth0".to_string()
+            } else {
+                format!("net{i}")
+            }
+        };
+        let mut want: Vec<String> = (0..=k).map(|i| format!("ADD n{i} {}", ifname(i))).collect();
+        want.extend((0..=k).rev().map(|i| format!("DEL n{i} {}", ifname(i))));
+        assert_eq!(n.log(), want, "failure at {k}");
+        assert!(
+            n.records().is_empty(),
+            "nothing cached after a clean rollback"
+        );
+    }
+}
+
+#[test]
+fn a_failed_del_keeps_only_the_failed_attachment_then_gives_up() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![
+            Node::net("a", json!({})),
+            Node::net("b", json!({"fail": "DEL"})),
+        ],
+        json!({}),
+    );
+    let e = engine(None);
+    add(&e, &req("ADD", "c1", ""), &c).unwrap();
+    n.clear_log();
+    let err = e.del(&req("DEL", "c1", ""), Some(&c)).unwrap_err();
+    assert!(err.msg.contains("\"b\""), "{}", err.msg);
+    assert_eq!(
+        n.log(),
+        ["DEL b net1", "DEL a eth0"],
+        "keeps going past the failure"
+    );
+    let recs = n.records();
+    assert_eq!(recs[0].attachments.len(), 1);
+    assert_eq!(
+        (
+            recs[0].attachments[0].network.as_str(),
+            recs[0].del_attempts
+        ),
+        ("b", 1)
+    );
+    n.clear_log();
+    for _ in 2..MAX_DEL_ATTEMPTS {
+        assert!(e.del(&req("DEL", "c1", ""), Some(&c)).is_err());
+    }
+    // The last attempt gives up, so the pod can be deleted.
+    e.del(&req("DEL", "c1", ""), Some(&c)).unwrap();
+    assert!(
+        n.log().iter().all(|l| l == "DEL b net1"),
+        "only b retried: {:?}",
+        n.log()
+    );
+    assert!(n.records().is_empty());
+}
+
+#[test]
+fn gc_touches_only_its_own_network_keeps_going_and_reports_every_error() {
+    let n = Node::new();
+    let e = engine(None);
+    let podman = n.conf(
+        "podman",
+        "1.1.0",
+        vec![Node::net("a", json!({}))],
+        json!({}),
+    );
+    let other = n.conf("other", "1.1.0", vec![Node::net("b", json!({}))], json!({}));
+    let flaky = n.conf(
+        "podman",
+        "1.1.0",
+        vec![Node::net("f", json!({"fail": "DEL"}))],
+        json!({}),
+    );
+    add(&e, &req("ADD", "keep", ""), &podman).unwrap();
+    add(&e, &req("ADD", "stale1", ""), &flaky).unwrap();
+    add(&e, &req("ADD", "stale2", ""), &podman).unwrap();
+    add(&e, &req("ADD", "stale1", ""), &other).unwrap();
+    n.clear_log();
+    let mut gc = podman.clone();
+    gc.valid_attachments = Some(vec![("keep".into(), "eth0".into())]);
+    let err = e
+        .gc(&Call {
+            req: &Request {
+                command: Some(Command::Gc),
+                ..Default::default()
+            },
+            conf: &gc,
+            cancel: &Cancel::never(),
+        })
+        .unwrap_err();
+    assert!(
+        err.msg.contains("stale1") && err.msg.contains("\"f\""),
+        "{}",
+        err.msg
+    );
+    let log = n.log();
+    assert!(log.contains(&"DEL f eth0".to_string()), "{log:?}");
+    assert!(
+        log.contains(&"DEL a eth0".to_string()),
+        "stale2 removed after stale1 failed: {log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains(" b ")),
+        "the other network untouched: {log:?}"
+    );
+    let mut left: Vec<(String, String)> = n
+        .records()
+        .into_iter()
+        .map(|r| (r.network, r.container_id))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ("other".to_string(), "stale1".to_string()),
+            ("podman".to_string(), "keep".to_string()),
+            ("podman".to_string(), "stale1".to_string())
+        ]
+    );
+}
+
+#[test]
+fn gc_forwards_both_keys_libcni_sends() {
+    let n = Node::new();
+    let e = engine(None);
+    let c = n.conf(
+        "plexus",
+        "1.1.0",
+        vec![Node::net("a", json!({"cniVersion": "1.1.0", "dump": true}))],
+        json!({}),
+    );
+    add(&e, &req("ADD", "c1", ""), &c).unwrap();
+    let mut gc = c.clone();
+    gc.valid_attachments = Some(vec![("c1".into(), "eth0".into())]);
+    let r = Request {
+        command: Some(Command::Gc),
+        ..Default::default()
+    };
+    e.gc(&Call {
+        req: &r,
+        conf: &gc,
+        cancel: &Cancel::never(),
+    })
+    .unwrap();
+    let sent: Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.a.GC", n.log_path().display())).unwrap())
+            .unwrap();
+    let want = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    assert_eq!(sent["cni.dev/valid-attachments"], want);
+    assert_eq!(sent["cni.dev/attachments"], want);
+}
+
+#[test]
+fn status_finds_a_1_1_delegate_in_the_runtimes_cni_path() {
+    let n = Node::new();
+    // The delegate is only in the runtime's CNI_PATH, not in binDir.
+    let elsewhere = n.dir.path().join("runtime-bin");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::rename(n.dir.path().join("bin/rec"), elsewhere.join("rec")).unwrap();
+    let c = n.conf(
+        "plexus",
+        "1.1.0",
+        vec![Node::net("a", json!({"cniVersion": "1.1.0"}))],
+        json!({}),
+    );
+    let mut r = req("STATUS", "", "");
+    r.path = vec![elsewhere];
+    engine(None)
+        .status(&Call {
+            req: &r,
+            conf: &c,
+            cancel: &Cancel::never(),
+        })
+        .unwrap();
+    assert_eq!(n.log(), ["STATUS a "]);
+}
+
+#[test]
+fn a_failed_status_write_rolls_back_everything_under_the_lock() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![Node::net("a", json!({})), Node::net("b", json!({}))],
+        json!({"kubeconfig": "/dev/null"}),
+    );
+    let view = MemoryView {
+        fail_status: true,
+        ..MemoryView::default().with_pod("ns1", "p", &[])
+    };
+    let reports = view.reports.clone();
+    let e = engine(Some(view));
+    let err = add(
+        &e,
+        &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
+        &c,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, Code::TRY_AGAIN_LATER, "{err}");
+    assert!(err.msg.contains("ns1/p"), "{}", err.msg);
+    assert_eq!(
+        n.log(),
+        ["ADD a eth0", "ADD b net1", "DEL b net1", "DEL a eth0"]
+    );
+    assert!(n.records().is_empty());
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(
+        reports[0].starts_with("event ns1/p FailedAttach"),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn a_cancelled_add_rolls_back_and_makes_no_api_call() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![
+            Node::net("a", json!({})),
+            Node::net("slow", json!({"sleep": 20})),
+        ],
+        json!({"kubeconfig": "/dev/null"}),
+    );
+    let view = MemoryView::default().with_pod("ns1", "p", &[]);
+    let reports = view.reports.clone();
+    let e = engine(Some(view));
+    let cancel = Cancel::new().unwrap();
+    let c2 = cancel.clone();
+    let r = req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p");
+    let t = Instant::now();
+    let h = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.cancel();
+    });
+    let err = e
+        .add(&Call {
+            req: &r,
+            conf: &c,
+            cancel: &cancel,
+        })
+        .unwrap_err();
+    h.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10), "not waited out");
+    assert_eq!(err.code, Code::TRY_AGAIN_LATER, "{err}");
+    assert_eq!(
+        n.log(),
+        ["ADD a eth0", "ADD slow net1", "DEL slow net1", "DEL a eth0"]
+    );
+    assert!(n.records().is_empty());
+    assert!(reports.lock().unwrap().is_empty(), "no status, no event");
+}
+
+#[test]
+fn the_whole_add_is_bounded_by_add_timeout_seconds() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![
+            Node::net("a", json!({})),
+            Node::net("slow", json!({"sleep": 20})),
+        ],
+        json!({"addTimeoutSeconds": 0.5, "delegateTimeoutSeconds": 30}),
+    );
+    let t = Instant::now();
+    let err = add(&engine(None), &req("ADD", "c1", ""), &c).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(err.code, Code::DELEGATE_TIMEOUT, "{err}");
+    assert_eq!(
+        n.log(),
+        ["ADD a eth0", "ADD slow net1", "DEL slow net1", "DEL a eth0"]
+    );
+    assert!(n.records().is_empty());
+}
+
+#[test]
+fn plexus_own_netns_needs_cni_netns_override() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![Node::net("a", json!({}))],
+        json!({}),
+    );
+    let e = Engine::new(
+        None,
+        Arc::new(FakeNetns {
+            own: true,
+            ..Default::default()
+        }),
+    );
+    let err = add(&e, &req("ADD", "c1", ""), &c).unwrap_err();
+    assert_eq!(err.code, Code::INVALID_NETNS);
+    assert!(n.log().is_empty(), "refused before anything ran");
+    let mut r = req("ADD", "c1", "");
+    r.netns_override = true;
+    add(&e, &r, &c).unwrap();
+    // DEL in our own netns without the override: delegates get no netns to touch.
+    std::fs::remove_file(n.log_path()).unwrap();
+    e.del(&req("DEL", "c1", ""), Some(&c)).unwrap();
+    let raw = std::fs::read_to_string(n.log_path()).unwrap();
+    assert_eq!(raw, "DEL a eth0 \n", "an empty CNI_NETNS");
+}
+
+#[test]
+fn default_route_moves_and_every_result_says_so() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![Node::net("cluster", json!({}))],
+        json!({"kubeconfig": "/dev/null"}),
+    );
+    let view = MemoryView::default()
+        .with_nad(
+            "ns1",
+            "second",
+            &json!({"cniVersion": "1.0.0", "name": "second", "type": "rec"}).to_string(),
+        )
+        .with_pod(
+            "ns1",
+            "p",
+            &[(
+                crate::k8s::NETWORKS_ANNOTATION,
+                r#"[{"name":"second","default-route":["10.1.0.1"]}]"#,
+            )],
+        );
+    let reports = view.reports.clone();
+    let netns = Arc::new(FakeNetns::default());
+    let e = Engine::new(Some(Arc::new(view) as Arc<dyn Cluster>), netns.clone());
+    let r = add(
+        &e,
+        &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
+        &c,
+    )
+    .unwrap();
+    assert!(
+        r.routes.is_empty(),
+        "the cluster network lost its default route"
+    );
+    assert_eq!(*netns.routes.lock().unwrap(), ["10.1.0.1 net1"]);
+    let rec = &n.records()[0];
+    let second: CniResult =
+        CniResult::from_value(rec.attachments[1].result.clone().unwrap(), Version::V1_0_0)
+            .unwrap()
+            .0;
+    assert_eq!(second.routes[0].dst, "0.0.0.0/0");
+    let reports = reports.lock().unwrap();
+    assert!(reports[0].starts_with("status ns1/p "), "{reports:?}");
+    assert!(
+        reports[1].starts_with("event ns1/p AddedInterface"),
+        "{reports:?}"
+    );
+}
