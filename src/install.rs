@@ -2,7 +2,9 @@
 //! the host's CNI bin dir, write a kubeconfig for the node's plugin runs (service-account token
 //! and CA copied next to it), and write the plexus config into the runtime's config dir. With
 //! `--watch` it keeps the copied token fresh, so a rotated (bound, expiring) service-account token
-//! reaches the plugin without a restart.
+//! reaches the plugin without a restart, and exits at once on SIGTERM (it runs as PID 1, which
+//! gets no default signal handling). It leaves everything installed when it exits: a rolling
+//! update must not leave the node without plexus. `plexus uninstall` removes it.
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -127,6 +129,9 @@ pub fn install_once(args: &InstallArgs) -> Result<Vec<String>, String> {
 }
 
 pub fn run(args: &InstallArgs) -> Result<(), String> {
+    // Blocked, so they are only ever taken by the wait below (PID 1 has no default action).
+    let stop = stop_signals();
+    stop.thread_block().map_err(|e| e.to_string())?;
     loop {
         let changed = install_once(args)?;
         if !changed.is_empty() {
@@ -135,8 +140,77 @@ pub fn run(args: &InstallArgs) -> Result<(), String> {
         if !args.watch {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_secs(args.interval_seconds.max(1)));
+        if let Some(sig) = wait_signal(&stop, Duration::from_secs(args.interval_seconds.max(1))) {
+            tracing::info!("{sig}: exiting, leaving plexus installed");
+            return Ok(());
+        }
     }
+}
+
+fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+/// Wait up to `d` for one of the (blocked) signals in `set`.
+fn wait_signal(set: &nix::sys::signal::SigSet, d: Duration) -> Option<nix::sys::signal::Signal> {
+    let ts = libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: sigtimedwait reads the set and the timeout; the info pointer may be null.
+    let n = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if n > 0 {
+        nix::sys::signal::Signal::try_from(n).ok()
+    } else {
+        None
+    }
+}
+
+/// What `plexus uninstall` removes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UninstallArgs {
+    /// The host's CNI config dir, as mounted in this container.
+    #[arg(long, default_value = "/host/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+    /// The name of the installed config file.
+    #[arg(long, default_value = "00-plexus.conflist")]
+    pub config_name: String,
+    /// The kubeconfig dir `plexus install` wrote.
+    #[arg(long, default_value = "/host/etc/cni/net.d/plexus.d")]
+    pub kubeconfig_dir: PathBuf,
+    /// Also remove the binary from this dir. Only once no pod that plexus attached is left on
+    /// the node: their DEL runs plexus.
+    #[arg(long)]
+    pub remove_binary_from: Option<PathBuf>,
+}
+
+/// Remove plexus from the node, config first (so the runtime stops sending new pods to plexus),
+/// then its kubeconfig, then (if asked) the binary. Returns what was removed.
+pub fn uninstall(args: &UninstallArgs) -> Result<Vec<String>, String> {
+    let mut removed = Vec::new();
+    let mut rm = |p: &Path| -> Result<(), String> {
+        match std::fs::remove_file(p) {
+            Ok(()) => {
+                removed.push(p.display().to_string());
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("removing {}: {e}", p.display())),
+        }
+    };
+    rm(&args.conf_dir.join(&args.config_name))?;
+    for f in ["kubeconfig", "token", "ca.crt"] {
+        rm(&args.kubeconfig_dir.join(f))?;
+    }
+    if let Some(bin) = &args.remove_binary_from {
+        rm(&bin.join("plexus"))?;
+    }
+    let _ = std::fs::remove_dir(&args.kubeconfig_dir);
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -204,5 +278,44 @@ mod tests {
             std::env::remove_var("KUBERNETES_SERVICE_HOST");
             std::env::remove_var("KUBERNETES_SERVICE_PORT");
         }
+        // Uninstall: config first, then the kubeconfig; the binary only when asked.
+        let un = UninstallArgs {
+            conf_dir: d.path().join("net.d"),
+            config_name: "00-plexus.conflist".into(),
+            kubeconfig_dir: d.path().join("net.d/plexus.d"),
+            remove_binary_from: None,
+        };
+        let removed = uninstall(&un).unwrap();
+        assert_eq!(removed.len(), 4, "{removed:?}");
+        assert!(removed[0].ends_with("00-plexus.conflist"));
+        assert!(!d.path().join("net.d/plexus.d").exists());
+        assert!(
+            d.path().join("bin/plexus").is_file(),
+            "binary kept for pending DELs"
+        );
+        assert!(uninstall(&un).unwrap().is_empty(), "idempotent");
+        let removed = uninstall(&UninstallArgs {
+            remove_binary_from: Some(d.path().join("bin")),
+            ..un
+        })
+        .unwrap();
+        assert_eq!(removed.len(), 1);
+        assert!(!d.path().join("bin/plexus").exists());
+    }
+
+    #[test]
+    fn a_blocked_sigterm_ends_the_wait_at_once() {
+        let set = stop_signals();
+        // Only this thread blocks it; raise it at this thread.
+        set.thread_block().unwrap();
+        let t = std::time::Instant::now();
+        // SAFETY: pthread_kill on our own thread with a blocked signal only marks it pending.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
+        assert_eq!(
+            wait_signal(&set, Duration::from_secs(30)),
+            Some(nix::sys::signal::Signal::SIGTERM)
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(wait_signal(&set, Duration::from_millis(10)), None);
     }
 }

@@ -1,6 +1,8 @@
 //! plexus: a multi-network CNI meta-plugin.
 //!
-//! The flow is request → config → plan → chain (see DESIGN.md). Each module owns one step.
+//! The flow is request → config → plan → chain, run by one engine (`engine`) that both front doors
+//! — the exec'd plugin (`plugin`) and the node daemon — call; see docs/architecture.md. Each module
+//! owns one step.
 
 pub mod cache;
 pub mod cancel;

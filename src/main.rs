@@ -24,6 +24,9 @@ enum Cmd {
     Crdgen,
     /// Install plexus on this node (run by the DaemonSet): binary, kubeconfig, config.
     Install(plexus::install::InstallArgs),
+    /// Remove plexus from this node: its config first, then its kubeconfig (and the binary with
+    /// --remove-binary-from, once no pod it attached is left).
+    Uninstall(plexus::install::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,18 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("plexus install: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Uninstall(args) => match plexus::install::uninstall(&args) {
+            Ok(removed) => {
+                for r in removed {
+                    eprintln!("plexus uninstall: removed {r}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("plexus uninstall: {e}");
                 ExitCode::FAILURE
             }
         },

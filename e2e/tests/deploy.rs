@@ -126,3 +126,70 @@ fn daemonset_and_configmap_fit_together() {
     conf["name"] = conflist["name"].clone();
     plexus::config::NetConf::parse(conf.to_string().as_bytes()).unwrap();
 }
+
+#[test]
+fn install_watch_as_pid_1_exits_on_sigterm_and_leaves_plexus_installed() {
+    // The DaemonSet's container: PID 1 in its own PID namespace, where the kernel gives no
+    // default action to SIGTERM; a rollout must not wait out the grace period.
+    let env = TestEnv::new("pid1");
+    let d = env.path();
+    std::fs::create_dir_all(d.join("sa")).unwrap();
+    std::fs::write(d.join("sa/token"), "t").unwrap();
+    std::fs::write(d.join("sa/ca.crt"), "CA").unwrap();
+    std::fs::write(
+        d.join("00-plexus.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"plexus","plugins":[{"type":"plexus","clusterNetwork":"/etc/cni/net.d"}]}"#,
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child"])
+        .arg(plexus_e2e::plexus_bin())
+        .args(["install", "--watch", "--interval-seconds", "1"])
+        .arg("--bin-dir")
+        .arg(d.join("bin-host"))
+        .arg("--conf-dir")
+        .arg(d.join("net.d"))
+        .arg("--config")
+        .arg(d.join("00-plexus.conflist"))
+        .arg("--kubeconfig-dir")
+        .arg(d.join("net.d/plexus.d"))
+        .arg("--service-account-dir")
+        .arg(d.join("sa"))
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "443")
+        .spawn()
+        .unwrap();
+    let conf = d.join("net.d/00-plexus.conflist");
+    let start = std::time::Instant::now();
+    while !conf.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "not installed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // unshare's child is PID 1 of the new namespace: signal it, not unshare.
+    let pid1 =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap()
+            .trim()
+            .to_string();
+    assert!(!pid1.is_empty());
+    let t = std::time::Instant::now();
+    plexus_e2e::sh(&["kill", "-TERM", &pid1]);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("plexus install --watch as PID 1 ignored SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        conf.exists() && d.join("bin-host/plexus").exists(),
+        "left installed"
+    );
+}

@@ -763,3 +763,50 @@ fn sriov_vfs_from_pod_resources_get() {
 fn sriov_vfs_from_pod_resources_list_when_get_is_unimplemented() {
     sriov_scenario("k-vfl", "10.128.0.0/24", Devices::PodResourcesList);
 }
+
+/// The privilege escalation the code review found: a NAD whose type is plexus (or Multus), with
+/// a `binDir` of the NAD author's choosing, would run any binary there as root. Refused before
+/// anything runs, at any position of the network, and the error names the NAD.
+#[test]
+fn a_nad_cannot_run_plexus_inside_plexus() {
+    let c = cluster("k-self", "kbrs", "10.126.0.0/24");
+    let evil = c.env.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+    let marker = c.env.path().join("pwned");
+    for name in ["bridge", "macvlan", "test-record"] {
+        let p = evil.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let inner = |t: &str| {
+        json!({"cniVersion": "1.0.0", "name": "inner", "type": t, "binDir": evil,
+               "delegates": [{"cniVersion": "1.0.0", "name": "x", "type": "bridge"}]})
+    };
+    c.api.create_nad("default", "self1", &inner("plexus"));
+    c.api.create_nad("default", "self2", &inner("multus"));
+    c.api.create_nad(
+        "default",
+        "self3",
+        &json!({"cniVersion": "1.0.0", "name": "chained", "plugins": [
+            {"type": "test-record"}, {"type": "multus-shim", "binDir": evil}]}),
+    );
+    for (i, nad) in ["self1", "self2", "self3"].iter().enumerate() {
+        let pod = format!("p{i}");
+        c.api.create_pod("default", &pod, json!({NETS: nad}));
+        let msg = c
+            .env
+            .cni_pod("ADD", &format!("k-self{i}"), "default", &pod, None, &c.conf)
+            .err(7);
+        assert!(
+            msg.contains(&format!("default/{nad}")) && msg.contains("itself"),
+            "{msg}"
+        );
+        c.env
+            .cni_pod("DEL", &format!("k-self{i}"), "default", &pod, None, &c.conf)
+            .ok();
+    }
+    assert!(!marker.exists(), "a binary from the NAD's binDir ran");
+    c.env.assert_clean(&["kbrs"]);
+    assert!(c.env.reservations("cluster").is_empty());
+}

@@ -748,15 +748,25 @@ fn plexus_killed_mid_add_leaves_nothing_after_del() {
         .args(["-9", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    // The hung delegate dies with plexus (PR_SET_PDEATHSIG), not left behind in its own group.
     let hung = env
         .records()
         .iter()
         .find(|r| r["role"] == "test-hang")
         .unwrap()["pid"]
         .to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &hung])
-        .status();
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{hung}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{hung}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "delegate {hung} outlived a SIGKILLed plexus"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         env.cache_files().len(),
         1,
@@ -775,4 +785,44 @@ fn plexus_killed_mid_add_leaves_nothing_after_del() {
         .map(|r| r["ifname"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(dels, ["net1"], "the interrupted delegate got its DEL too");
+}
+
+/// libcni/skel's CNI_NETNS_OVERRIDE is a flag, not a path: without it, ADD into plexus's own
+/// network namespace is refused before anything runs (libcni's code 8); with it, the netns is
+/// used and the flag is passed on to delegates; DEL there never hands delegates that netns.
+#[test]
+fn cni_netns_override_is_libcnis_flag() {
+    let env = TestEnv::new("override");
+    let net = rec_net(&env, "n", "1.0.0", vec![json!({"type": "test-record"})]);
+    let conf = env.plexus_conf("1.0.0", vec![net]);
+    let own = format!("/run/netns/{}", env.node);
+    let with_netns = |verb: &str, extra: &[(&str, &str)]| {
+        let mut vars = vec![
+            ("CNI_CONTAINERID", "ovr"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", own.as_str()),
+        ];
+        vars.extend_from_slice(extra);
+        env.cni_raw(verb, &vars, conf.to_string().as_bytes())
+    };
+    let msg = with_netns("ADD", &[]).err(8);
+    assert!(msg.contains("CNI_NETNS_OVERRIDE"), "{msg}");
+    assert!(env.records().is_empty(), "nothing ran");
+    // A path in the override is not a flag: still refused.
+    with_netns("ADD", &[("CNI_NETNS_OVERRIDE", "/run/netns/elsewhere")]).err(8);
+    with_netns("ADD", &[("CNI_NETNS_OVERRIDE", "true")]).ok();
+    let adds = by(&env.records(), "ADD")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(adds.len(), 1);
+    assert_eq!(adds[0]["netns"], own.as_str());
+    assert_eq!(adds[0]["netnsOverride"], "1", "passed on to delegates");
+    with_netns("DEL", &[]).ok();
+    let dels = by(&env.records(), "DEL")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(dels[0]["netns"], "", "no netns for delegates to touch");
+    assert!(env.cache_files().is_empty());
 }

@@ -55,6 +55,7 @@ fn main() {
             "command": command,
             "containerID": env("CNI_CONTAINERID"),
             "netns": env("CNI_NETNS"),
+            "netnsOverride": env("CNI_NETNS_OVERRIDE"),
             "ifname": env("CNI_IFNAME"),
             "args": env("CNI_ARGS"),
             "path": env("CNI_PATH"),
