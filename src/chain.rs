@@ -17,6 +17,19 @@ use std::time::{Duration, Instant};
 /// may be left) so that a broken delegate cannot keep a pod from being deleted forever.
 pub const MAX_DEL_ATTEMPTS: u32 = 5;
 
+/// Told of every delegate run: its plugin type, the verb, and how long it took (the daemon's
+/// metrics).
+#[derive(Clone)]
+pub struct ExecObserver(pub std::sync::Arc<ObserveFn>);
+
+pub type ObserveFn = dyn Fn(&str, Command, Duration) + Send + Sync;
+
+impl std::fmt::Debug for ExecObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExecObserver")
+    }
+}
+
 /// How to reach the delegates for one container, and the call's limits.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -36,6 +49,9 @@ pub struct Chain {
     pub cancel: Cancel,
     /// "container X (pod ns/name)", for messages.
     pub who: String,
+    pub observer: Option<ExecObserver>,
+    /// Delegates run chrooted here (the daemon's `chrootDir`).
+    pub chroot: Option<PathBuf>,
 }
 
 /// The config one plugin of a network is called with: the plugin's own keys, plus `name` and
@@ -154,9 +170,11 @@ impl Chain {
             let ctx = || self.context(cmd, network, plugin, ifname);
             let conf = plugin_config(network, i, inputs, prev_value.as_ref(), extra);
             let run = || -> Result<Vec<u8>, CniError> {
-                let binary = exec::find_plugin(plugin, &self.search_path)?;
-                let own = Instant::now() + self.timeout;
-                exec::run(
+                let binary =
+                    exec::find_plugin_in(plugin, &self.search_path, self.chroot.as_deref())?;
+                let started = Instant::now();
+                let own = started + self.timeout;
+                let out = exec::run(
                     &binary,
                     &Invocation {
                         command: cmd,
@@ -170,9 +188,14 @@ impl Chain {
                         timeout: self.timeout,
                         deadline: call_deadline.map_or(own, |d| d.min(own)),
                         cancel,
+                        chroot: self.chroot.as_deref(),
                     },
                     &conf,
-                )
+                );
+                if let Some(o) = &self.observer {
+                    (o.0)(plugin, cmd, started.elapsed());
+                }
+                out
             };
             match (cmd, run()) {
                 (Command::Add, Ok(out)) => {
@@ -222,9 +245,9 @@ impl Chain {
         for a in attachments {
             for i in 0..a.network.plugins.len() {
                 let plugin = a.network.plugin_type(i);
-                exec::find_plugin(plugin, &self.search_path).map_err(|e| {
-                    e.context(self.context(Command::Add, &a.network, plugin, &a.ifname))
-                })?;
+                exec::find_plugin_in(plugin, &self.search_path, self.chroot.as_deref()).map_err(
+                    |e| e.context(self.context(Command::Add, &a.network, plugin, &a.ifname)),
+                )?;
             }
         }
         Ok(())

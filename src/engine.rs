@@ -34,6 +34,10 @@ pub struct Engine {
     /// Where config files come from; `None`: the call's `confDir` on disk.
     pub files: Option<Arc<dyn NetworkFiles>>,
     pub netns: Arc<dyn NetnsOps>,
+    /// Told of every delegate run (the daemon's metrics).
+    pub observer: Option<crate::chain::ExecObserver>,
+    /// Delegates run chrooted here (the daemon's `chrootDir`).
+    pub chroot: Option<PathBuf>,
 }
 
 /// One call: the request, its config, and its cancellation.
@@ -52,6 +56,8 @@ impl Engine {
             cluster,
             files: None,
             netns,
+            observer: None,
+            chroot: None,
         }
     }
 
@@ -75,7 +81,11 @@ impl Engine {
     }
 
     fn chain(&self, call: &Call<'_>, deadline: Option<Instant>) -> Chain {
-        chain_for(call.req, call.conf, call.cancel.clone(), deadline)
+        Chain {
+            observer: self.observer.clone(),
+            chroot: self.chroot.clone(),
+            ..chain_for(call.req, call.conf, call.cancel.clone(), deadline)
+        }
     }
 
     /// CNI_NETNS_OVERRIDE (libcni/skel): without it, a netns that is plexus's own is refused.
@@ -121,14 +131,16 @@ impl Engine {
         let cluster = self.cluster.as_deref();
         let pod = match (cluster, PodRef::from_request(req)) {
             (Some(c), Some(r)) => {
-                let pod = c.pod(&r.namespace, &r.name)?.ok_or_else(|| {
-                    CniError::new(
-                        Code::POD_NOT_FOUND,
-                        format!(
+                let pod = c
+                    .pod(&r.namespace, &r.name, r.uid.as_deref())?
+                    .ok_or_else(|| {
+                        CniError::new(
+                            Code::POD_NOT_FOUND,
+                            format!(
                             "ADD for {who}: pod {r} not found in the API server; nothing attached"
                         ),
-                    )
-                })?;
+                        )
+                    })?;
                 check_uid(&r, &pod).map_err(|e| e.context(format!("ADD for {who}")))?;
                 Some(pod)
             }
@@ -347,7 +359,11 @@ impl Engine {
             ifname,
         };
         let mut chain = match conf {
-            Some(c) => chain_for(req, c, Cancel::never(), None),
+            Some(c) => Chain {
+                observer: self.observer.clone(),
+                chroot: self.chroot.clone(),
+                ..chain_for(req, c, Cancel::never(), None)
+            },
             None => Chain {
                 container_id: id.into(),
                 netns: req.netns.clone().unwrap_or_default(),
@@ -359,6 +375,8 @@ impl Engine {
                 deadline: None,
                 cancel: Cancel::never(),
                 who: req.who(),
+                observer: self.observer.clone(),
+                chroot: self.chroot.clone(),
             },
         };
         // In plexus's own netns without the override, delegates must not touch links there (a
@@ -815,6 +833,8 @@ fn chain_for(req: &Request, conf: &NetConf, cancel: Cancel, deadline: Option<Ins
         deadline,
         cancel,
         who: req.who(),
+        observer: None,
+        chroot: None,
     }
 }
 

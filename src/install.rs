@@ -32,6 +32,9 @@ pub struct InstallArgs {
     /// Keep running and refresh the token every `--interval-seconds`.
     #[arg(long)]
     pub watch: bool,
+    /// Only install the binary (the node daemon's init container: the daemon writes the config).
+    #[arg(long)]
+    pub binary_only: bool,
     #[arg(long, default_value_t = 60)]
     pub interval_seconds: u64,
 }
@@ -81,6 +84,9 @@ pub fn install_once(args: &InstallArgs) -> Result<Vec<String>, String> {
     let bin = std::fs::read(&me).map_err(|e| format!("{}: {e}", me.display()))?;
     if write_atomic(&args.bin_dir.join("plexus"), &bin, 0o755)? {
         changed.push("binary".into());
+    }
+    if args.binary_only {
+        return Ok(changed);
     }
     let sa = &args.service_account_dir;
     let token =
@@ -234,6 +240,7 @@ mod tests {
             host_kubeconfig_dir: PathBuf::from("/etc/cni/net.d/plexus.d"),
             service_account_dir: sa.clone(),
             watch: false,
+            binary_only: false,
             interval_seconds: 1,
         };
         // SAFETY: this test is the only one touching these variables.
@@ -268,6 +275,15 @@ mod tests {
         );
         // Nothing changed: nothing rewritten. A rotated token: only the token.
         assert!(install_once(&args).unwrap().is_empty());
+        // The daemon's init container: the binary only.
+        let only = InstallArgs {
+            bin_dir: d.path().join("bin-only"),
+            conf_dir: d.path().join("untouched"),
+            binary_only: true,
+            ..args.clone()
+        };
+        assert_eq!(install_once(&only).unwrap(), ["binary"]);
+        assert!(!d.path().join("untouched").exists());
         std::fs::write(sa.join("token"), "t2").unwrap();
         assert_eq!(install_once(&args).unwrap(), ["token"]);
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod cancel;
 pub mod chain;
 pub mod cni;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod install;
@@ -17,4 +18,7 @@ pub mod logging;
 pub mod netns;
 pub mod plan;
 pub mod plugin;
+pub mod shim;
+#[cfg(test)]
+mod testutil;
 pub mod unix_http;

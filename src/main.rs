@@ -22,6 +22,9 @@ enum Cmd {
     Demo(plexus::demo::DemoArgs),
     /// Print the NetworkAttachmentDefinition CRD (YAML) generated from plexus's type.
     Crdgen,
+    /// Run the node agent (a drop-in for the Multus thick daemon): the socket API, the watch
+    /// cache, the runtime's CNI config, health and metrics.
+    Daemon(plexus::daemon::DaemonArgs),
     /// Install plexus on this node (run by the DaemonSet): binary, kubeconfig, config.
     Install(plexus::install::InstallArgs),
     /// Remove plexus from this node: its config first, then its kubeconfig (and the binary with
@@ -34,8 +37,19 @@ fn main() -> ExitCode {
         return cni_main();
     }
     let cli = Cli::parse();
+    if let Cmd::Daemon(args) = &cli.command {
+        // The daemon sets up its own logging from its config.
+        return match plexus::daemon::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("plexus daemon: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     plexus::logging::init(Some("info"), None, true);
     match cli.command {
+        Cmd::Daemon(_) => unreachable!("handled above"),
         Cmd::Install(args) => match plexus::install::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

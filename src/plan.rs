@@ -1065,8 +1065,8 @@ mod resolve_tests {
     fn bad_annotation_fails_before_any_nad_is_read() {
         struct Counting(MemoryView, std::cell::Cell<u32>);
         impl ClusterView for Counting {
-            fn pod(&self, ns: &str, n: &str) -> Result<Option<Pod>, CniError> {
-                self.0.pod(ns, n)
+            fn pod(&self, ns: &str, n: &str, uid: Option<&str>) -> Result<Option<Pod>, CniError> {
+                self.0.pod(ns, n, uid)
             }
             fn nad(
                 &self,

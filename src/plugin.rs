@@ -46,8 +46,22 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
         }
         Err(e) => return fail(&stdin, e),
     };
+    // A shim config: ADD, CHECK and STATUS go to the node daemon while it is there.
+    let daemon = crate::shim::socket_dir(&req.stdin).filter(|_| {
+        matches!(
+            req.command(),
+            Command::Add | Command::Check | Command::Status
+        )
+    });
     let result = match req.command() {
         Command::Version => Ok(version_reply(&sniff_version(&req.stdin))),
+        cmd if daemon.is_some() => via_daemon(
+            cmd,
+            &req,
+            &env,
+            daemon.as_deref().expect("some"),
+            in_cluster,
+        ),
         Command::Del => {
             let conf = configure(&req).map_err(|e| {
                 tracing::warn!("DEL for {}: config unusable ({e}); deleting from the cache under the default cniDir", req.who());
@@ -59,32 +73,76 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
             .require()
             .and_then(|()| configure(&req))
             .and_then(|conf| {
-                // Only ADD talks to the API server; the other verbs work from the cache and config.
-                let cluster = if cmd == Command::Add {
-                    let creds = Credentials::for_plugin(&conf, in_cluster);
-                    ApiView::connect(&conf, creds)?.map(|a| Arc::new(a) as Arc<dyn Cluster>)
-                } else {
-                    None
-                };
-                let engine = Engine::new(cluster, Arc::new(Kernel));
-                let cancel = Cancel::never();
-                let out = engine.run(&Call {
-                    req: &req,
-                    conf: &conf,
-                    cancel: &cancel,
-                })?;
-                match out {
-                    Some(result) => result
-                        .to_json(conf.cni_version)
-                        .map_err(|e| e.context("converting the result")),
-                    None => Ok(String::new()),
-                }
+                in_process(cmd, &req, &conf, Credentials::for_plugin(&conf, in_cluster))
             }),
     };
     log_own_cost(started);
     match result {
         Ok(out) => ok(out),
         Err(e) => fail(&req.stdin, e),
+    }
+}
+
+/// The shim: forward to the daemon; without one, run here what can run here.
+fn via_daemon(
+    cmd: Command,
+    req: &Request,
+    env: &dyn Fn(&str) -> Option<String>,
+    dir: &std::path::Path,
+    in_cluster: bool,
+) -> Result<String, CniError> {
+    req.require()?;
+    let conf = configure(req)?;
+    // Long enough for the daemon's own limit on an ADD to end the call first.
+    let timeout = conf.add_timeout + std::time::Duration::from_secs(10);
+    match crate::shim::forward(dir, env, &req.stdin, timeout) {
+        crate::shim::Forward::Answer(Ok(Some(result))) => result
+            .to_json(conf.cni_version)
+            .map_err(|e| e.context("converting the daemon's result")),
+        crate::shim::Forward::Answer(Ok(None)) => Ok(String::new()),
+        crate::shim::Forward::Answer(Err(e)) => Err(e),
+        crate::shim::Forward::Unreachable(why) => {
+            let creds = Credentials::for_plugin(&conf, in_cluster);
+            if creds.is_none() && cmd != Command::Check {
+                let e = crate::shim::unreachable_error(req, &why);
+                return Err(if cmd == Command::Status {
+                    CniError::new(Code::NOT_AVAILABLE, e.msg)
+                } else {
+                    e
+                });
+            }
+            tracing::warn!(
+                "{cmd} for {}: daemon unreachable ({why}); running it here",
+                req.who()
+            );
+            in_process(cmd, req, &conf, creds)
+        }
+    }
+}
+
+/// Run the call in this process; only ADD talks to the API server (with `creds`), the other
+/// verbs work from the cache and the config.
+fn in_process(
+    cmd: Command,
+    req: &Request,
+    conf: &NetConf,
+    creds: Option<Credentials>,
+) -> Result<String, CniError> {
+    let cluster = match cmd {
+        Command::Add => ApiView::connect(conf, creds)?.map(|a| Arc::new(a) as Arc<dyn Cluster>),
+        _ => None,
+    };
+    let engine = Engine::new(cluster, Arc::new(Kernel));
+    let out = engine.run(&Call {
+        req,
+        conf,
+        cancel: &Cancel::never(),
+    })?;
+    match out {
+        Some(result) => result
+            .to_json(conf.cni_version)
+            .map_err(|e| e.context("converting the result")),
+        None => Ok(String::new()),
     }
 }
 

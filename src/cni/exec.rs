@@ -39,6 +39,9 @@ pub struct Invocation<'a> {
     /// When it is killed: the delegate's limit or the whole call's, whichever comes first.
     pub deadline: Instant,
     pub cancel: &'a Cancel,
+    /// Run the delegate chrooted here (Multus's `chrootDir`: a daemon in a container running
+    /// the host's plugins); `binary` is then a path inside it.
+    pub chroot: Option<&'a Path>,
 }
 
 /// Check a plugin `type` is a bare file name: no path, no traversal, no option-looking name.
@@ -64,10 +67,24 @@ pub fn validate_plugin_type(t: &str) -> Result<(), CniError> {
 
 /// Find `plugin` in the search path (a bare name only; see [`validate_plugin_type`]).
 pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
+    find_plugin_in(plugin, path, None)
+}
+
+/// [`find_plugin`], the search path read inside `chroot` when there is one. The path returned
+/// is the one the delegate is run with (inside the chroot).
+pub fn find_plugin_in(
+    plugin: &str,
+    path: &[PathBuf],
+    chroot: Option<&Path>,
+) -> Result<PathBuf, CniError> {
     validate_plugin_type(plugin)?;
     for dir in path {
         let candidate = dir.join(plugin);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
+        let seen = match chroot {
+            Some(root) => root.join(candidate.strip_prefix("/").unwrap_or(&candidate)),
+            None => candidate.clone(),
+        };
+        if let Ok(meta) = std::fs::metadata(&seen) {
             if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
                 return Ok(candidate);
             }
@@ -123,9 +140,23 @@ pub fn run(binary: &Path, inv: &Invocation<'_>, config: &[u8]) -> Result<Vec<u8>
         cmd.env("CNI_NETNS_OVERRIDE", "1");
     }
     let parent = nix::unistd::getpid();
-    // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
+    let chroot = match inv.chroot {
+        Some(p) => Some(
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
+                CniError::new(Code::INVALID_CONFIG, "chrootDir contains a NUL byte")
+            })?,
+        ),
+        None => None,
+    };
+    // SAFETY: only async-signal-safe calls (prctl, getppid, kill, chroot, chdir) between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(root) = &chroot {
+                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // plexus may have died between fork and prctl: then nobody would kill us.
             if nix::unistd::getppid() != parent {
@@ -496,6 +527,7 @@ mod tests {
             timeout,
             deadline: Instant::now() + timeout,
             cancel: &NEVER,
+            chroot: None,
         }
     }
 

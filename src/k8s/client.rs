@@ -34,14 +34,10 @@ impl Blocking {
             .map_err(|e| CniError::new(Code::IO, format!("starting the API client runtime: {e}")))
     }
 
-    /// Wait for `f`. From inside an async task this would deadlock or panic; it is refused.
+    /// Wait for `f`, from blocking code only: the plugin's main thread, or one of the daemon's
+    /// blocking threads (never an async task, where tokio would panic; the daemon runs each call
+    /// on `spawn_blocking`, so even that would fail one call, not the daemon).
     pub fn block_on<F: Future>(&self, f: F) -> Result<F::Output, CniError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(CniError::new(
-                Code::IO,
-                "internal error: a blocking API call was made from an async task",
-            ));
-        }
         Ok(match self {
             Blocking::Own(rt) => rt.block_on(f),
             Blocking::Shared(h) => h.block_on(f),
@@ -206,9 +202,23 @@ impl ApiView {
     }
 }
 
+impl ApiView {
+    /// One GET of the pod, no retry (the daemon's fallback when its watch has not seen it).
+    pub fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
+        self.rt
+            .block_on(self.pods(namespace).get_opt(name))?
+            .map_err(|e| api_error(&format!("getting pod {namespace}/{name}"), e))
+    }
+}
+
 impl ClusterView for ApiView {
     /// The pod, retried briefly while it is not visible yet (the API may lag the kubelet).
-    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
+    fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        _uid: Option<&str>,
+    ) -> Result<Option<Pod>, CniError> {
         let api = self.pods(namespace);
         self.rt.block_on(async {
             for attempt in 0..=POD_RETRIES {
@@ -405,7 +415,7 @@ mod tests {
                 ok(pod_json("5")),
             ],
         );
-        let pod = view.pod("ns1", "p").unwrap().unwrap();
+        let pod = view.pod("ns1", "p", None).unwrap().unwrap();
         assert_eq!(pod.metadata.uid.as_deref(), Some("u1"));
         let calls: Vec<String> = log.lock().unwrap().iter().map(|(l, _)| l.clone()).collect();
         assert_eq!(calls, vec!["GET /api/v1/namespaces/ns1/pods/p"; 3]);
@@ -420,7 +430,7 @@ mod tests {
             (0..=POD_RETRIES).map(|_| status(404, "NotFound")).collect(),
         );
         let t = std::time::Instant::now();
-        assert!(view.pod("ns1", "p").unwrap().is_none());
+        assert!(view.pod("ns1", "p", None).unwrap().is_none());
         assert_eq!(log.lock().unwrap().len(), POD_RETRIES as usize + 1);
         assert!(t.elapsed() < Duration::from_secs(3));
     }

@@ -59,8 +59,9 @@ impl std::fmt::Display for PodRef {
 
 /// What the planner reads from the cluster.
 pub trait ClusterView {
-    /// The pod, or `None` if the API says it does not exist.
-    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError>;
+    /// The pod, or `None` if the API says it does not exist. `uid` is the UID the runtime named
+    /// (`K8S_POD_UID`), a hint for a cache that may hold an older pod of the same name.
+    fn pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Option<Pod>, CniError>;
     /// The NAD, or `None` if it does not exist.
     fn nad(
         &self,
@@ -159,7 +160,12 @@ impl MemoryView {
 }
 
 impl ClusterView for MemoryView {
-    fn pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
+    fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        _uid: Option<&str>,
+    ) -> Result<Option<Pod>, CniError> {
         Ok(self.pods.get(&(namespace.into(), name.into())).cloned())
     }
     fn nad(

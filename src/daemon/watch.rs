@@ -1,0 +1,270 @@
+//! The daemon's view of the cluster: a watch cache (kube-rs reflectors) of this node's pods and of
+//! every NAD, read by the same planner the plugin uses. ADD reads pods and NADs from it, so a
+//! steady-state ADD makes no GET; a pod the watch has not delivered yet is waited for briefly,
+//! then fetched once. Writes (network-status, Events) and device lookups go through
+//! [`ApiView`], on the daemon's runtime.
+
+use super::metrics::Metrics;
+use crate::cni::error::CniError;
+use crate::k8s::client::ApiView;
+use crate::k8s::devices::PodDevices;
+use crate::k8s::{ClusterView, NetworkAttachmentDefinition, Reporter};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The watch cache, shared by every request.
+pub struct WatchView {
+    api: ApiView,
+    handle: tokio::runtime::Handle,
+    pods: Store<Pod>,
+    nads: Store<NetworkAttachmentDefinition>,
+    /// Woken on every pod event, for requests waiting for a pod the watch has not delivered.
+    pod_events: Arc<Notify>,
+    pods_synced: Arc<AtomicBool>,
+    nads_synced: Arc<AtomicBool>,
+    pod_wait: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// What the daemon keeps of a pod: no managed fields, volumes or container commands and
+/// environments (as Multus trims its informer), so 500 pods stay small.
+pub fn trim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.command = None;
+            c.args = None;
+            c.env = None;
+            c.env_from = None;
+            c.volume_mounts = None;
+        }
+    }
+}
+
+/// Callbacks the watch loops run on each applied pod event (hot-plug).
+pub type PodHook = Arc<dyn Fn(&Pod) + Send + Sync>;
+
+impl WatchView {
+    /// Start the reflectors on the current runtime: this node's pods (field selector
+    /// `spec.nodeName`) and every NAD.
+    pub fn start(
+        client: kube::Client,
+        api: ApiView,
+        node: &str,
+        pod_wait: Duration,
+        metrics: Arc<Metrics>,
+        on_pod: Option<PodHook>,
+    ) -> Arc<WatchView> {
+        let (pods, pods_writer) = reflector::store();
+        let (nads, nads_writer) = reflector::store();
+        let pod_events = Arc::new(Notify::new());
+        let view = Arc::new(WatchView {
+            api,
+            handle: tokio::runtime::Handle::current(),
+            pods,
+            nads,
+            pod_events: pod_events.clone(),
+            pods_synced: Arc::new(AtomicBool::new(false)),
+            nads_synced: Arc::new(AtomicBool::new(false)),
+            pod_wait,
+            metrics: metrics.clone(),
+        });
+        let pod_stream = watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        )
+        .default_backoff()
+        .modify(trim)
+        .reflect(pods_writer);
+        let v = view.clone();
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(pod_stream);
+            while let Some(ev) = s.next().await {
+                match ev {
+                    Ok(ev) => {
+                        if matches!(ev, watcher::Event::InitDone) {
+                            v.pods_synced.store(true, Ordering::SeqCst);
+                            tracing::info!("watch cache: {} pods on this node", v.pods.len());
+                        }
+                        if let (
+                            Some(hook),
+                            watcher::Event::Apply(p) | watcher::Event::InitApply(p),
+                        ) = (&on_pod, &ev)
+                        {
+                            hook(p);
+                        }
+                    }
+                    Err(e) => tracing::warn!("pod watch: {e}"),
+                }
+                v.metrics.set_cache_size("pods", v.pods.len());
+                pod_events.notify_waiters();
+            }
+        });
+        let nad_stream = watcher(
+            Api::<NetworkAttachmentDefinition>::all(client),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(nads_writer);
+        let v = view.clone();
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(nad_stream);
+            while let Some(ev) = s.next().await {
+                match ev {
+                    Ok(watcher::Event::InitDone) => {
+                        v.nads_synced.store(true, Ordering::SeqCst);
+                        tracing::info!("watch cache: {} NADs", v.nads.len());
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("NAD watch: {e}"),
+                }
+                v.metrics
+                    .set_cache_size("network-attachment-definitions", v.nads.len());
+            }
+        });
+        view
+    }
+
+    /// Both watches have delivered their initial list.
+    pub fn synced(&self) -> bool {
+        self.pods_synced.load(Ordering::SeqCst) && self.nads_synced.load(Ordering::SeqCst)
+    }
+
+    /// The cached pod, if any (for hot-plug and `plexus inspect`).
+    pub fn cached_pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Every cached pod.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.pods.state()
+    }
+
+    pub fn api(&self) -> &ApiView {
+        &self.api
+    }
+}
+
+impl ClusterView for WatchView {
+    fn pod(&self, namespace: &str, name: &str, uid: Option<&str>) -> Result<Option<Pod>, CniError> {
+        let key = ObjectRef::new(name).within(namespace);
+        let current = |p: &Pod| uid.is_none_or(|u| p.metadata.uid.as_deref() == Some(u));
+        if let Some(p) = self.pods.get(&key).filter(|p| current(p)) {
+            return Ok(Some((*p).clone()));
+        }
+        // The kubelet can be faster than our watch: wait a little for it, then ask once.
+        let waited = self.api_handle_block_on(async {
+            tokio::time::timeout(self.pod_wait, async {
+                loop {
+                    let notified = self.pod_events.notified();
+                    let mut notified = std::pin::pin!(notified);
+                    notified.as_mut().enable();
+                    if let Some(p) = self.pods.get(&key).filter(|p| current(p)) {
+                        return p;
+                    }
+                    notified.await;
+                }
+            })
+            .await
+            .ok()
+        });
+        if let Some(p) = waited {
+            return Ok(Some((*p).clone()));
+        }
+        tracing::debug!("pod {namespace}/{name} not in the watch cache: one GET");
+        self.api.get_pod(namespace, name)
+    }
+
+    fn nad(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<NetworkAttachmentDefinition>, CniError> {
+        if let Some(n) = self.nads.get(&ObjectRef::new(name).within(namespace)) {
+            return Ok(Some((*n).clone()));
+        }
+        if self.nads_synced.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        // Not synced yet (the daemon just started): ask the API rather than say "not found".
+        self.api.nad(namespace, name)
+    }
+
+    fn pod_devices(&self, pod: &Pod) -> Result<PodDevices, CniError> {
+        self.api.kubelet_devices(pod)
+    }
+}
+
+impl WatchView {
+    fn api_handle_block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.handle.block_on(f)
+    }
+}
+
+impl Reporter for WatchView {
+    fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError> {
+        self.api.set_network_status(pod, value)
+    }
+
+    fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {
+        self.api.event(pod, warning, reason, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, uid: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name, "uid": uid,
+            "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"nodeName": "n1", "volumes": [{"name": "v"}],
+                     "containers": [{"name": "c", "command": ["sh"], "env": [{"name": "SECRET", "value": "x"}]}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_store_follows_watch_events_and_pods_are_trimmed() {
+        // As kube-rs tests its stores: events applied to a Writer directly.
+        let mut w: Writer<Pod> = Writer::default();
+        let store = w.as_reader();
+        let mut p = pod("ns1", "a", "u1");
+        trim(&mut p);
+        w.apply_watcher_event(&watcher::Event::Init);
+        w.apply_watcher_event(&watcher::Event::InitApply(p.clone()));
+        w.apply_watcher_event(&watcher::Event::InitDone);
+        let got = store.get(&ObjectRef::new("a").within("ns1")).unwrap();
+        assert!(got.metadata.managed_fields.is_none());
+        let spec = got.spec.as_ref().unwrap();
+        assert!(spec.volumes.is_none() && spec.containers[0].env.is_none());
+        assert_eq!(
+            spec.containers[0].name, "c",
+            "what the planner needs is kept"
+        );
+        let mut p2 = p.clone();
+        p2.metadata.annotations = Some([("k".to_string(), "v".to_string())].into());
+        w.apply_watcher_event(&watcher::Event::Apply(p2));
+        assert!(store
+            .get(&ObjectRef::new("a").within("ns1"))
+            .unwrap()
+            .metadata
+            .annotations
+            .is_some());
+        w.apply_watcher_event(&watcher::Event::Delete(p));
+        assert!(store.get(&ObjectRef::new("a").within("ns1")).is_none());
+    }
+}
