@@ -115,12 +115,9 @@ async fn serve(
         let (view, installed) = (view.clone(), installed.clone());
         Arc::new(move || view.synced() && installed.load(Ordering::SeqCst))
     };
-    let daemon = Arc::new(server::Daemon::new(
-        config.clone(),
-        engine,
-        metrics.clone(),
-        ready,
-    ));
+    let mut daemon = server::Daemon::new(config.clone(), engine, metrics.clone(), ready);
+    daemon.watch = Some(view.clone());
+    let daemon = Arc::new(daemon);
 
     let listener = bind(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -79,6 +79,8 @@ pub struct Daemon {
     /// Watches synced (or no cluster), and the generated config in place.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
     pub shutting_down: AtomicBool,
+    /// The watch cache, for `/plexus/v1/pod` (what `plexus inspect` asks).
+    pub watch: Option<Arc<super::watch::WatchView>>,
     locks: Arc<ContainerLocks>,
     permits: Arc<Semaphore>,
 }
@@ -97,6 +99,7 @@ impl Daemon {
             metrics,
             ready,
             shutting_down: AtomicBool::new(false),
+            watch: None,
             locks: Arc::new(ContainerLocks::default()),
             permits,
         }
@@ -115,6 +118,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/delegate", any(delegate))
         .route("/healthz", any(healthz))
         .route("/readyz", any(readyz))
+        .route("/plexus/v1/pod", axum::routing::get(cached_pod))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(daemon)
@@ -145,6 +149,34 @@ async fn readyz(st: St, method: Method) -> Response {
     st.metrics
         .observe_http("/readyz", code.as_u16(), method.as_str());
     code.into_response()
+}
+
+#[derive(Deserialize)]
+struct PodQuery {
+    namespace: String,
+    name: String,
+}
+
+/// What the watch cache holds of a pod (plexus's own endpoint, for `plexus inspect`):
+/// `{"synced", "found", "uid", "nodeName", "annotations"}`.
+async fn cached_pod(st: St, q: axum::extract::Query<PodQuery>) -> Response {
+    let Some(w) = &st.watch else {
+        return (StatusCode::NOT_FOUND, "no watch cache\n").into_response();
+    };
+    let pod = w.cached_pod(&q.namespace, &q.name);
+    let body = serde_json::json!({
+        "synced": w.synced(),
+        "found": pod.is_some(),
+        "uid": pod.as_ref().and_then(|p| p.metadata.uid.clone()),
+        "nodeName": pod.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone()),
+        "annotations": pod.as_ref().and_then(|p| p.metadata.annotations.clone()).unwrap_or_default(),
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn not_found(st: St, method: Method) -> Response {
