@@ -201,7 +201,7 @@ pub fn resolve(conf: &NetConf, src: Sources<'_>) -> Result<PodNetworks, CniError
         )?);
     }
     let mut networks = PodNetworks { cluster, extras };
-    assign_devices(&mut networks, view, pod)?;
+    assign_devices(&mut networks, view, pod, &crate::k8s::devices::Kubelet::of(conf))?;
     Ok(networks)
 }
 
@@ -212,6 +212,7 @@ fn assign_devices(
     networks: &mut PodNetworks,
     view: &dyn ClusterView,
     pod: &Pod,
+    kubelet: &crate::k8s::devices::Kubelet,
 ) -> Result<(), CniError> {
     let mut allocator: Option<Allocator> = None;
     for n in std::iter::once(&mut networks.cluster).chain(networks.extras.iter_mut()) {
@@ -226,7 +227,7 @@ fn assign_devices(
         };
         let alloc = match &mut allocator {
             Some(a) => a,
-            None => allocator.insert(Allocator::new(view.pod_devices(pod)?)),
+            None => allocator.insert(Allocator::new(view.pod_devices(pod, kubelet)?)),
         };
         let id = alloc.take(&resource, n.device_id.as_deref(), &n.status_name)?;
         let mut value: Value =

@@ -91,7 +91,6 @@ async fn serve(
     let api = ApiView::new(
         Blocking::Shared(tokio::runtime::Handle::current()),
         client.clone(),
-        &api_conf,
     );
     let view = watch::WatchView::start(
         client.clone(),

@@ -195,15 +195,18 @@ impl ClusterView for WatchView {
         if let Some(n) = self.nads.get(&ObjectRef::new(name).within(namespace)) {
             return Ok(Some((*n).clone()));
         }
-        if self.nads_synced.load(Ordering::SeqCst) {
-            return Ok(None);
-        }
-        // Not synced yet (the daemon just started): ask the API rather than say "not found".
+        // A miss is rare (a NAD created just before the pod, or none at all): make sure with one
+        // GET rather than fail the pod on a watch that is a few milliseconds behind.
+        tracing::debug!("NAD {namespace}/{name} not in the watch cache: one GET");
         self.api.nad(namespace, name)
     }
 
-    fn pod_devices(&self, pod: &Pod) -> Result<PodDevices, CniError> {
-        self.api.kubelet_devices(pod)
+    fn pod_devices(
+        &self,
+        pod: &Pod,
+        kubelet: &crate::k8s::devices::Kubelet,
+    ) -> Result<PodDevices, CniError> {
+        self.api.kubelet_devices(pod, kubelet)
     }
 }
 

@@ -114,11 +114,6 @@ pub async fn client_config(
 pub struct ApiView {
     rt: Blocking,
     client: kube::Client,
-    /// The kubelet's device-plugin checkpoint, for device IDs.
-    checkpoint: PathBuf,
-    /// The kubelet's PodResources socket, tried first.
-    pod_resources: PathBuf,
-    timeout: Duration,
 }
 
 /// Map a kube error to a CNI error: transient failures are "try again later" (11).
@@ -163,18 +158,12 @@ impl ApiView {
             kube::Client::try_from(config)
                 .map_err(|e| CniError::new(Code::INVALID_CONFIG, format!("API client: {e}")))?
         };
-        Ok(Some(ApiView::new(rt, client, conf)))
+        Ok(Some(ApiView::new(rt, client)))
     }
 
     /// A view over an existing client (the daemon's; tests use a mock service).
-    pub fn new(rt: Blocking, client: kube::Client, conf: &NetConf) -> ApiView {
-        ApiView {
-            rt,
-            client,
-            checkpoint: conf.device_checkpoint_file.clone(),
-            pod_resources: conf.pod_resources_socket.clone(),
-            timeout: conf.api_timeout,
-        }
+    pub fn new(rt: Blocking, client: kube::Client) -> ApiView {
+        ApiView { rt, client }
     }
 
     pub fn client(&self) -> &kube::Client {
@@ -187,18 +176,22 @@ impl ApiView {
 
     /// The pod's devices from the kubelet: its PodResources API when the socket is there, the
     /// checkpoint file otherwise.
-    pub fn kubelet_devices(&self, pod: &Pod) -> Result<super::devices::PodDevices, CniError> {
-        if self.pod_resources.exists() {
+    pub fn kubelet_devices(
+        &self,
+        pod: &Pod,
+        kubelet: &super::devices::Kubelet,
+    ) -> Result<super::devices::PodDevices, CniError> {
+        if kubelet.pod_resources.exists() {
             let ns = pod.metadata.namespace.as_deref().unwrap_or("");
             let name = pod.metadata.name.as_deref().unwrap_or("");
             return self.rt.block_on(super::devices::from_pod_resources(
-                &self.pod_resources,
+                &kubelet.pod_resources,
                 ns,
                 name,
-                self.timeout,
+                kubelet.timeout,
             ))?;
         }
-        super::devices::read_checkpoint(&self.checkpoint, super::devices::checkpoint_uid(pod))
+        super::devices::read_checkpoint(&kubelet.checkpoint, super::devices::checkpoint_uid(pod))
     }
 }
 
@@ -249,8 +242,12 @@ impl ClusterView for ApiView {
         })
     }
 
-    fn pod_devices(&self, pod: &Pod) -> Result<super::devices::PodDevices, CniError> {
-        self.kubelet_devices(pod)
+    fn pod_devices(
+        &self,
+        pod: &Pod,
+        kubelet: &super::devices::Kubelet,
+    ) -> Result<super::devices::PodDevices, CniError> {
+        self.kubelet_devices(pod, kubelet)
     }
 }
 
@@ -354,8 +351,7 @@ mod tests {
             let _g = rt.handle().enter();
             kube::Client::new(svc, "default")
         };
-        let conf = NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap();
-        (ApiView::new(rt, client, &conf), handle)
+        (ApiView::new(rt, client), handle)
     }
 
     fn status(code: u16, reason: &str) -> Response<Body> {

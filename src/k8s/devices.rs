@@ -69,6 +69,27 @@ pub fn device_info(cni_file: Option<&str>, dp_file: &Path) -> Option<Value> {
         .and_then(|f| read(Path::new(f), true))
         .or_else(|| read(dp_file, false))
 }
+/// Where the kubelet says which devices it allocated (the call's config: the daemon serves
+/// requests whose configs may differ).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kubelet {
+    /// The PodResources gRPC socket, asked when it exists.
+    pub pod_resources: std::path::PathBuf,
+    /// The device-plugin checkpoint, read otherwise.
+    pub checkpoint: std::path::PathBuf,
+    pub timeout: std::time::Duration,
+}
+
+impl Kubelet {
+    pub fn of(conf: &crate::config::NetConf) -> Kubelet {
+        Kubelet {
+            pod_resources: conf.pod_resources_socket.clone(),
+            checkpoint: conf.device_checkpoint_file.clone(),
+            timeout: conf.api_timeout,
+        }
+    }
+}
+
 /// Largest checkpoint file read.
 const MAX_CHECKPOINT_BYTES: u64 = 16 << 20;
 

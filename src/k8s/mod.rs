@@ -69,7 +69,11 @@ pub trait ClusterView {
         name: &str,
     ) -> Result<Option<NetworkAttachmentDefinition>, CniError>;
     /// The devices the kubelet allocated to this pod. Only asked when a NAD names a resource.
-    fn pod_devices(&self, _pod: &Pod) -> Result<devices::PodDevices, CniError> {
+    fn pod_devices(
+        &self,
+        _pod: &Pod,
+        _kubelet: &devices::Kubelet,
+    ) -> Result<devices::PodDevices, CniError> {
         Ok(devices::PodDevices::default())
     }
 }
@@ -175,7 +179,11 @@ impl ClusterView for MemoryView {
     ) -> Result<Option<NetworkAttachmentDefinition>, CniError> {
         Ok(self.nads.get(&(namespace.into(), name.into())).cloned())
     }
-    fn pod_devices(&self, _pod: &Pod) -> Result<devices::PodDevices, CniError> {
+    fn pod_devices(
+        &self,
+        _pod: &Pod,
+        _kubelet: &devices::Kubelet,
+    ) -> Result<devices::PodDevices, CniError> {
         Ok(self.devices.clone())
     }
 }
