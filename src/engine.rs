@@ -663,22 +663,17 @@ fn summarize(
     attachments: &[Attachment],
     results: Vec<CniResult>,
 ) -> Result<Attached, CniError> {
-    let owns = |v6: bool| {
-        attachments
-            .iter()
-            .position(|a| a.default_route.iter().any(|g| g.is_ipv6() == v6))
-    };
-    let default_owner = owns(false).or(owns(true)).unwrap_or(0);
     let inputs: Vec<StatusInput> = attachments
         .iter()
         .zip(&results)
-        .enumerate()
-        .map(|(i, (a, r))| StatusInput {
+        .map(|(a, r)| StatusInput {
             name: &a.status_name,
             ifname: &a.ifname,
             result: r,
-            default: i == default_owner,
-            gateway: a.default_route.iter().map(ToString::to_string).collect(),
+            // §5.3.5: the cluster-wide default network's entry, even when a selection's
+            // `default-route` moved the pod's default route elsewhere (that one gets the route).
+            default: a.cluster,
+            default_route: a.default_route.iter().map(ToString::to_string).collect(),
             device_info: a.device.as_ref().and_then(|(resource, id)| {
                 devices::device_info(
                     a.device_info_file.as_deref(),

@@ -201,7 +201,12 @@ pub fn resolve(conf: &NetConf, src: Sources<'_>) -> Result<PodNetworks, CniError
         )?);
     }
     let mut networks = PodNetworks { cluster, extras };
-    assign_devices(&mut networks, view, pod, &crate::k8s::devices::Kubelet::of(conf))?;
+    assign_devices(
+        &mut networks,
+        view,
+        pod,
+        &crate::k8s::devices::Kubelet::of(conf),
+    )?;
     Ok(networks)
 }
 

@@ -259,10 +259,13 @@ fn default_route_moves_to_the_requested_network() {
             .is_none_or(|rs| rs.iter().all(|x| x["dst"] != "0.0.0.0/0")),
         "{r}"
     );
+    // NPWG §5.3.5/§5.3.6.4: `default` stays on the cluster network's entry; the attachment
+    // that got the default route says so with `default-route`.
     let status = c.api.network_status("default", "dr");
-    assert!(status_of(&status, "eth0").get("default").is_none());
-    assert_eq!(status_of(&status, "net1")["default"], true);
-    assert_eq!(status_of(&status, "net1")["gateway"], json!(["10.111.0.1"]));
+    assert_eq!(status_of(&status, "eth0")["default"], true);
+    assert_eq!(status_of(&status, "net1")["default"], false);
+    assert_eq!(status_of(&status, "net1")["default-route"], json!(["10.111.0.1"]));
+    assert!(status_of(&status, "net1").get("gateway").is_none());
     // The cached results agree too: CHECK sees what is there.
     c.env
         .cni_pod("CHECK", "k-dr", "default", "dr", None, &c.conf)
