@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod inspect;
 pub mod install;
 pub mod k8s;
 pub mod logging;
@@ -22,3 +23,4 @@ pub mod shim;
 #[cfg(test)]
 mod testutil;
 pub mod unix_http;
+pub mod validate;

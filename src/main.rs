@@ -30,6 +30,10 @@ enum Cmd {
     /// Remove plexus from this node: its config first, then its kubeconfig (and the binary with
     /// --remove-binary-from, once no pod it attached is left).
     Uninstall(plexus::install::UninstallArgs),
+    /// Show what plexus attached for a sandbox (or every sandbox), from the node's cache alone.
+    Inspect(plexus::inspect::InspectArgs),
+    /// Check NADs, pods (and workloads' pod templates) and plexus configs offline.
+    Validate(plexus::validate::ValidateArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,8 @@ fn main() -> ExitCode {
             print!("{}", plexus::k8s::nad::crd_yaml());
             ExitCode::SUCCESS
         }
+        Cmd::Inspect(args) => ExitCode::from(plexus::inspect::run(&args)),
+        Cmd::Validate(args) => ExitCode::from(plexus::validate::run(&args)),
         Cmd::Demo(args) => match plexus::demo::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
