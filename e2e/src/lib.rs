@@ -349,6 +349,20 @@ impl Drop for TestEnv {
     }
 }
 
+/// How to start the fixture API server; `Default` is plain HTTP, no token, the fixture's own
+/// bookmark period (5 s) and history (10,000 changes).
+#[derive(Clone, Debug, Default)]
+pub struct FixtureOptions {
+    /// Serve HTTPS with a CA the fixture makes at start (its PEM is `Fixture::ca`).
+    pub tls: bool,
+    /// Require this bearer token from the start (the kubeconfig carries it).
+    pub token: Option<String>,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: Option<std::time::Duration>,
+    /// How many changes watches can resume from before they get 410 Gone.
+    pub history_size: Option<usize>,
+}
+
 /// The fixture API server (NOT a real kube-apiserver), running inside a test's node netns so
 /// plexus reaches it on 127.0.0.1; the test drives it over a unix socket.
 pub struct Fixture {
@@ -356,20 +370,61 @@ pub struct Fixture {
     pub port: u16,
     pub socket: PathBuf,
     pub kubeconfig: PathBuf,
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with TLS.
+    pub url: String,
+    /// The CA certificate (PEM) that signed the fixture's server certificate, with TLS.
+    pub ca: Option<PathBuf>,
+    /// The bearer token the fixture was started with, if any.
+    pub token: Option<String>,
+    netns: String,
 }
 
+/// Where a pod's service-account volume is mounted, and so where kube-rs's in-cluster config
+/// reads `token`, `ca.crt` and `namespace` from.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 impl Fixture {
+    /// Plain HTTP, no token (its kubeconfig carries `fixture-token` for tests that set one).
     pub fn start(env: &TestEnv) -> Fixture {
+        Self::start_with(env, &FixtureOptions::default())
+    }
+
+    /// HTTPS with a verifiable CA, and `token` required from the start: what a node daemon in a
+    /// pod talks to.
+    pub fn start_tls(env: &TestEnv, token: &str) -> Fixture {
+        Self::start_with(
+            env,
+            &FixtureOptions {
+                tls: true,
+                token: Some(token.to_string()),
+                ..Default::default()
+            },
+        )
+    }
+
+    pub fn start_with(env: &TestEnv, opts: &FixtureOptions) -> Fixture {
         use std::io::BufRead;
         let socket = env.path().join("api.sock");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &env.node])
+        let tls_dir = env.path().join("fixture-tls");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &env.node])
             .arg(target_dir().join("plexus-fixture-apiserver"))
             .args(["--listen", "127.0.0.1:0", "--unix"])
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .arg(&socket);
+        if opts.tls {
+            cmd.arg("--tls-dir").arg(&tls_dir);
+        }
+        if let Some(t) = &opts.token {
+            cmd.args(["--token", t]);
+        }
+        if let Some(b) = opts.bookmark_interval {
+            cmd.arg("--bookmark-interval-ms")
+                .arg(b.as_millis().max(1).to_string());
+        }
+        if let Some(h) = opts.history_size {
+            cmd.arg("--history-size").arg(h.to_string());
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -381,16 +436,26 @@ impl Fixture {
             .unwrap()
             .parse()
             .unwrap_or_else(|_| panic!("fixture said {line:?}"));
-        // The fixture prints its line once both of its sockets listen.
+        // The fixture prints its line once both of its sockets listen (and ca.crt is written).
         assert!(
             socket.exists(),
             "fixture announced itself before its socket existed"
         );
+        let ca = opts.tls.then(|| tls_dir.join("ca.crt"));
+        if let Some(ca) = &ca {
+            assert!(ca.is_file(), "fixture announced itself before its CA");
+        }
+        let scheme = if opts.tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let mut cluster = serde_json::json!({"server": url});
+        if let Some(ca) = &ca {
+            cluster["certificate-authority"] = serde_json::json!(ca);
+        }
         let kubeconfig = env.path().join("kubeconfig");
         let kc = serde_json::json!({
             "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "fixture", "cluster": {"server": format!("http://127.0.0.1:{port}")}}],
-            "users": [{"name": "plexus", "user": {"token": "fixture-token"}}],
+            "clusters": [{"name": "fixture", "cluster": cluster}],
+            "users": [{"name": "plexus", "user": {"token": opts.token.as_deref().unwrap_or("fixture-token")}}],
             "contexts": [{"name": "fixture", "context": {"cluster": "fixture", "user": "plexus"}}],
             "current-context": "fixture"
         });
@@ -400,7 +465,59 @@ impl Fixture {
             port,
             socket,
             kubeconfig,
+            url,
+            ca,
+            token: opts.token.clone(),
+            netns: env.node.clone(),
         }
+    }
+
+    /// Writes `token`, `ca.crt` and `namespace` (`kube-system`, plexus's) into `dir`, as the
+    /// kubelet fills a pod's service-account volume. Needs TLS: in-cluster config is HTTPS only.
+    pub fn write_service_account(&self, dir: &Path) {
+        let ca = self
+            .ca
+            .as_ref()
+            .expect("in-cluster clients speak HTTPS: start the fixture with TLS");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("token"), self.token.as_deref().unwrap_or("")).unwrap();
+        std::fs::copy(ca, dir.join("ca.crt")).unwrap();
+        std::fs::write(dir.join("namespace"), "kube-system").unwrap();
+    }
+
+    /// `argv` run "in a pod" against this fixture: in the node netns, with
+    /// `KUBERNETES_SERVICE_HOST`/`PORT` pointing here, no `KUBECONFIG`, and `sa_dir` (see
+    /// [`Fixture::write_service_account`]) bind-mounted at [`SERVICE_ACCOUNT_DIR`] in a private
+    /// mount namespace, so the host's view of that path never changes. The mount point is
+    /// created if missing, and as any directory made under a mount namespace, it stays on the
+    /// host's /run (empty) afterwards.
+    pub fn in_cluster_command<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        sa_dir: &Path,
+        argv: &[S],
+    ) -> Command {
+        let script = format!(
+            "set -e; mount --make-rprivate /; mkdir -p {SERVICE_ACCOUNT_DIR}; \
+             mount --bind \"$1\" {SERVICE_ACCOUNT_DIR}; shift; exec \"$@\""
+        );
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.netns,
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+        ])
+        .arg(script)
+        .arg("sh")
+        .arg(sa_dir)
+        .args(argv)
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", self.port.to_string())
+        .env_remove("KUBECONFIG");
+        cmd
     }
 
     /// One request to the fixture over its unix socket. Returns (status, JSON body).
@@ -435,9 +552,14 @@ impl Fixture {
     }
 
     pub fn create_pod(&self, ns: &str, name: &str, annotations: Value) -> Value {
+        self.create_pod_on(ns, name, "node-1", annotations)
+    }
+
+    /// A pod scheduled to `node`.
+    pub fn create_pod_on(&self, ns: &str, name: &str, node: &str, annotations: Value) -> Value {
         let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "annotations": annotations},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox"}]}});
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}});
         let (code, v) = self.call("POST", &format!("/api/v1/namespaces/{ns}/pods"), Some(&pod));
         assert_eq!(code, 201, "{v}");
         v
@@ -528,6 +650,91 @@ impl Fixture {
 
     pub fn clear_faults(&self) {
         self.call("DELETE", "/fixture/faults", None);
+    }
+
+    /// Creates all of `objects` (each with apiVersion, kind, metadata.namespace) in one request,
+    /// all or none; returns how many.
+    pub fn create_objects(&self, objects: &[Value]) -> usize {
+        let (code, v) = self.call(
+            "POST",
+            "/fixture/objects",
+            Some(&Value::Array(objects.to_vec())),
+        );
+        assert_eq!(code, 201, "{v}");
+        v["created"].as_u64().unwrap() as usize
+    }
+
+    /// Ends every live watch stream cleanly, as an API server going away would; returns how
+    /// many there were. Clients are expected to re-watch from their last resourceVersion.
+    pub fn drop_watches(&self) -> usize {
+        self.call("DELETE", "/fixture/watches", None).1["ended"]
+            .as_u64()
+            .unwrap() as usize
+    }
+
+    /// Cuts every live watch stream mid-response, as a dropped connection would.
+    pub fn abort_watches(&self) -> usize {
+        self.call("DELETE", "/fixture/watches?abort=true", None).1["ended"]
+            .as_u64()
+            .unwrap() as usize
+    }
+
+    /// How many watch streams are open now.
+    pub fn live_watches(&self) -> usize {
+        self.call("GET", "/fixture/watches", None).1["live"]
+            .as_u64()
+            .unwrap() as usize
+    }
+
+    /// Waits (10 s at most) until at least `n` watch streams are open.
+    #[track_caller]
+    pub fn wait_for_watches(&self, n: usize) {
+        let start = std::time::Instant::now();
+        while self.live_watches() < n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "fewer than {n} watches after 10 s: {:?}",
+                self.requests()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Merge-patches the pod's `metadata.annotations` (not its status): `null` values remove.
+    pub fn patch_pod_annotations(&self, ns: &str, name: &str, annotations: &Value) -> Value {
+        let body = serde_json::json!({"metadata": {"annotations": annotations}});
+        let r = plexus::unix_http::call(
+            &self.socket,
+            "PATCH",
+            &format!("/api/v1/namespaces/{ns}/pods/{name}"),
+            Some("application/merge-patch+json"),
+            body.to_string().into_bytes(),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        assert_eq!(r.status, 200, "{v}");
+        v
+    }
+
+    pub fn delete_pod(&self, ns: &str, name: &str) -> Value {
+        let (code, v) = self.call(
+            "DELETE",
+            &format!("/api/v1/namespaces/{ns}/pods/{name}"),
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
+    /// Every API request since the last clear, as the fixture logged it: `method`, `path`,
+    /// `query` (raw), `write`, `watch`.
+    pub fn request_log(&self) -> Vec<Value> {
+        self.call("GET", "/fixture/requests", None)
+            .1
+            .as_array()
+            .cloned()
+            .unwrap()
     }
 
     pub fn stop(&mut self) {
@@ -730,4 +937,17 @@ impl TestEnv {
         node.retain(|l| l != "lo" && !keep.contains(&l.as_str()));
         assert!(node.is_empty(), "node links left: {node:?}");
     }
+}
+
+/// Runs `f` on a thread of its own inside netns `netns` (by its `ip netns` name), and returns its
+/// result (a panic in `f` is the caller's). Threads `f` spawns start in that netns too: a tokio
+/// runtime built in `f` opens every socket there.
+pub fn in_netns<R: Send + 'static>(netns: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+    use std::os::fd::AsFd;
+    let ns = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+    let t = std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    });
+    t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
 }

@@ -129,7 +129,10 @@ fn networks_by_name_and_namespace_at_interface() {
     assert_eq!(net1["name"], "default/mv");
     assert_eq!(net1["ips"], json!(["10.102.0.2"]));
     assert_eq!(net1["mac"], c.env.pod_mac("net1"));
-    assert!(net1.get("default").is_none());
+    assert_eq!(
+        net1["default"], false,
+        "NPWG §5.3.5: required, false off the cluster network"
+    );
     assert_eq!(status_of(&status, "p2p0")["name"], "other/p2p");
     assert_eq!(status_of(&status, "eth0")["default"], true);
     c.env
@@ -264,7 +267,10 @@ fn default_route_moves_to_the_requested_network() {
     let status = c.api.network_status("default", "dr");
     assert_eq!(status_of(&status, "eth0")["default"], true);
     assert_eq!(status_of(&status, "net1")["default"], false);
-    assert_eq!(status_of(&status, "net1")["default-route"], json!(["10.111.0.1"]));
+    assert_eq!(
+        status_of(&status, "net1")["default-route"],
+        json!(["10.111.0.1"])
+    );
     assert!(status_of(&status, "net1").get("gateway").is_none());
     // The cached results agree too: CHECK sees what is there.
     c.env
