@@ -25,8 +25,27 @@ pub async fn request(
 ) -> std::io::Result<Reply> {
     let work = async {
         let stream = tokio::net::UnixStream::connect(socket).await?;
+        request_over(stream, method, path, content_type, body).await
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))?
+}
+
+/// One request over an open connection (a unix socket, or TCP for the daemon's metrics port).
+pub async fn request_over<IO>(
+    io: IO,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> std::io::Result<Reply>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    {
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
                 .await
                 .map_err(std::io::Error::other)?;
         let driver = tokio::spawn(conn);
@@ -55,10 +74,7 @@ pub async fn request(
             .to_vec();
         driver.abort();
         Ok(Reply { status, body })
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))?
+    }
 }
 
 /// [`request`] from blocking code, on a current-thread runtime of its own.

@@ -6,6 +6,8 @@
 /// proto/cri.proto by scripts/gen-protos).
 #[allow(clippy::all, dead_code)]
 pub mod cri;
+/// The node daemon, run as in a pod.
+pub mod daemon;
 
 use serde_json::Value;
 use std::io::Write;

@@ -3,21 +3,51 @@
 
 use plexus_e2e as common;
 
+use common::daemon::NodeDaemon;
 use common::{Fixture, TestEnv};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const NETS: &str = "k8s.v1.cni.cncf.io/networks";
 
+/// Every scenario runs twice: plexus exec'd as the plugin (thin), and as the shim of the node
+/// daemon (thick), the daemon run as in a pod against the fixture over HTTPS with a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Thin,
+    Daemon,
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn thin() {
+                super::$name(super::Mode::Thin)
+            }
+            #[test]
+            fn daemon() {
+                super::$name(super::Mode::Daemon)
+            }
+        }
+    )*};
+}
+
 struct Cluster {
+    // Dropped first: the daemon goes before the fixture and the namespaces.
+    _daemon: Option<NodeDaemon>,
     env: TestEnv,
     api: Fixture,
     conf: Value,
+    mode: Mode,
 }
 
-fn cluster(tag: &str, bridge: &str, subnet: &str) -> Cluster {
+fn cluster(mode: Mode, tag: &str, bridge: &str, subnet: &str) -> Cluster {
     let env = TestEnv::new(tag);
-    let api = Fixture::start(&env);
+    let api = match mode {
+        Mode::Thin => Fixture::start(&env),
+        Mode::Daemon => Fixture::start_tls(&env, "daemon-sa-token"),
+    };
     let mut ipam = env.host_local("cluster", subnet);
     ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
     let mut conf = env.plexus_conf(
@@ -25,9 +55,47 @@ fn cluster(tag: &str, bridge: &str, subnet: &str) -> Cluster {
         vec![json!({"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false, "ipam": ipam}]})],
     );
-    conf["kubeconfig"] = json!(api.kubeconfig);
     std::fs::create_dir_all(env.path().join("conf")).unwrap();
-    Cluster { env, api, conf }
+    let daemon = match mode {
+        Mode::Thin => {
+            conf["kubeconfig"] = json!(api.kubeconfig);
+            None
+        }
+        Mode::Daemon => {
+            // The shim's config names no kubeconfig: every ADD must go through the daemon.
+            let d = NodeDaemon::start(&env, &api, json!({"logLevel": "debug"}));
+            conf["daemonSocketDir"] = json!(d.socket_dir);
+            Some(d)
+        }
+    };
+    api.clear_requests();
+    Cluster {
+        _daemon: daemon,
+        env,
+        api,
+        conf,
+        mode,
+    }
+}
+
+impl Cluster {
+    /// The GETs of pods and NADs since the last clear (watches and lists aside).
+    fn reads(&self) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.starts_with("GET"))
+            .collect()
+    }
+
+    /// Everything but GETs: the writes.
+    fn writes(&self) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| !r.starts_with("GET"))
+            .collect()
+    }
 }
 
 fn macvlan_nad(c: &Cluster, name: &str, master: &str, subnet: &str) -> Value {
@@ -44,9 +112,8 @@ fn status_of<'a>(status: &'a Value, interface: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {interface} in {status}"))
 }
 
-#[test]
-fn pod_without_annotation_gets_the_cluster_network_and_a_status() {
-    let c = cluster("k-none", "kbr0", "10.100.0.0/24");
+fn pod_without_annotation_gets_the_cluster_network_and_a_status(mode: Mode) {
+    let c = cluster(mode, "k-none", "kbr0", "10.100.0.0/24");
     c.api.create_pod("default", "web", json!({}));
     c.api.clear_requests();
     let r = c
@@ -55,11 +122,16 @@ fn pod_without_annotation_gets_the_cluster_network_and_a_status() {
         .ok()
         .json();
     assert_eq!(c.env.pod_links().len(), 2, "lo and eth0");
-    // One read (the pod), two writes (network-status, one event).
+    // Thin: one read (the pod). The daemon: none, the pod is in its watch cache. Then two
+    // writes either way (network-status, one event).
+    let want_reads: &[&str] = match c.mode {
+        Mode::Thin => &["GET /api/v1/namespaces/default/pods/web"],
+        Mode::Daemon => &[],
+    };
+    assert_eq!(c.reads(), want_reads);
     assert_eq!(
-        c.api.requests(),
+        c.writes(),
         [
-            "GET /api/v1/namespaces/default/pods/web",
             "PATCH /api/v1/namespaces/default/pods/web/status",
             "POST /api/v1/namespaces/default/events"
         ]
@@ -90,9 +162,8 @@ fn pod_without_annotation_gets_the_cluster_network_and_a_status() {
     c.env.assert_clean(&["kbr0"]);
 }
 
-#[test]
-fn networks_by_name_and_namespace_at_interface() {
-    let c = cluster("k-two", "kbr1", "10.101.0.0/24");
+fn networks_by_name_and_namespace_at_interface(mode: Mode) {
+    let c = cluster(mode, "k-two", "kbr1", "10.101.0.0/24");
     c.env.node_veth("km0", "km1");
     c.api.create_nad(
         "default",
@@ -106,17 +177,14 @@ fn networks_by_name_and_namespace_at_interface() {
     c.env
         .cni_pod("ADD", "k-two", "default", "two", None, &c.conf)
         .ok();
-    let reqs = c.api.requests();
+    let reads = c.reads();
+    let want = if c.mode == Mode::Thin { 3 } else { 0 };
     assert_eq!(
-        reqs.iter().filter(|r| r.starts_with("GET")).count(),
-        3,
-        "pod + 2 NADs: {reqs:?}"
+        reads.len(),
+        want,
+        "thin: pod + 2 NADs; daemon: none: {reads:?}"
     );
-    assert_eq!(
-        reqs.iter().filter(|r| !r.starts_with("GET")).count(),
-        2,
-        "status + event: {reqs:?}"
-    );
+    assert_eq!(c.writes().len(), 2, "status + event: {:?}", c.writes());
     let mut links = c.env.pod_links();
     links.sort();
     assert_eq!(links, ["eth0", "lo", "net1", "p2p0"]);
@@ -144,9 +212,8 @@ fn networks_by_name_and_namespace_at_interface() {
     }
 }
 
-#[test]
-fn json_selection_with_interface_static_ips_and_mac() {
-    let c = cluster("k-json", "kbr2", "10.104.0.0/24");
+fn json_selection_with_interface_static_ips_and_mac(mode: Mode) {
+    let c = cluster(mode, "k-json", "kbr2", "10.104.0.0/24");
     c.env.node_veth("kj0", "kj1");
     c.api.create_nad("default", "static-mv", &json!({"cniVersion": "1.0.0", "name": "static-mv", "plugins": [
         {"type": "macvlan", "master": "kj0", "capabilities": {"ips": true, "mac": true}, "ipam": {"type": "static"}}]}));
@@ -169,9 +236,8 @@ fn json_selection_with_interface_static_ips_and_mac() {
     c.env.assert_clean(&["kbr2", "kj0", "kj1"]);
 }
 
-#[test]
-fn missing_nad_fails_cleanly_with_an_event() {
-    let c = cluster("k-miss", "kbr3", "10.106.0.0/24");
+fn missing_nad_fails_cleanly_with_an_event(mode: Mode) {
+    let c = cluster(mode, "k-miss", "kbr3", "10.106.0.0/24");
     c.api.create_pod("default", "m", json!({NETS: "ghost"}));
     let msg = c
         .env
@@ -194,9 +260,8 @@ fn missing_nad_fails_cleanly_with_an_event() {
         .ok();
 }
 
-#[test]
-fn nad_without_config_comes_from_conf_dir_and_conflist_with_bandwidth() {
-    let c = cluster("k-bw", "kbr4", "10.107.0.0/24");
+fn nad_without_config_comes_from_conf_dir_and_conflist_with_bandwidth(mode: Mode) {
+    let c = cluster(mode, "k-bw", "kbr4", "10.107.0.0/24");
     // An empty NAD: its config is the file in confDir whose network name is the NAD's name.
     let ondisk = json!({"cniVersion": "1.0.0", "name": "disk-net", "type": "ptp", "ipam": c.env.host_local("disk-net", "10.108.0.0/30")});
     std::fs::write(c.env.path().join("conf/20-disk.conf"), ondisk.to_string()).unwrap();
@@ -226,9 +291,8 @@ fn nad_without_config_comes_from_conf_dir_and_conflist_with_bandwidth() {
     assert!(!c.env.node(&["tc", "qdisc", "show"]).contains("qdisc tbf"));
 }
 
-#[test]
-fn default_route_moves_to_the_requested_network() {
-    let c = cluster("k-dr", "kbr5", "10.110.0.0/24");
+fn default_route_moves_to_the_requested_network(mode: Mode) {
+    let c = cluster(mode, "k-dr", "kbr5", "10.110.0.0/24");
     c.env.node_veth("kd0", "kd1");
     let mut nad = macvlan_nad(&c, "gw-net", "kd0", "10.111.0.0/24");
     nad["ipam"]["ranges"][0][0]["gateway"] = json!("10.111.0.1");
@@ -282,9 +346,8 @@ fn default_route_moves_to_the_requested_network() {
     c.env.assert_clean(&["kbr5", "kd0", "kd1"]);
 }
 
-#[test]
-fn namespace_isolation_on_and_off() {
-    let mut c = cluster("k-iso", "kbr6", "10.112.0.0/24");
+fn namespace_isolation_on_and_off(mode: Mode) {
+    let mut c = cluster(mode, "k-iso", "kbr6", "10.112.0.0/24");
     c.api.create_nad("private", "p2p", &json!({"cniVersion": "1.0.0", "name": "p2p", "type": "ptp", "ipam": c.env.host_local("p2p", "10.113.0.0/30")}));
     c.api
         .create_pod("tenant", "x", json!({NETS: "private/p2p"}));
@@ -309,9 +372,8 @@ fn namespace_isolation_on_and_off() {
     c.env.assert_clean(&["kbr6"]);
 }
 
-#[test]
-fn uid_mismatch_is_refused_except_for_static_pods() {
-    let c = cluster("k-uid", "kbr7", "10.114.0.0/24");
+fn uid_mismatch_is_refused_except_for_static_pods(mode: Mode) {
+    let c = cluster(mode, "k-uid", "kbr7", "10.114.0.0/24");
     let pod = c.api.create_pod("default", "u", json!({}));
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
     let msg = c
@@ -358,9 +420,8 @@ fn uid_mismatch_is_refused_except_for_static_pods() {
     c.env.assert_clean(&["kbr7"]);
 }
 
-#[test]
-fn api_down_fails_add_cleanly_and_del_still_works() {
-    let mut c = cluster("k-down", "kbr8", "10.115.0.0/24");
+fn api_down_fails_add_cleanly_and_del_still_works(mode: Mode) {
+    let mut c = cluster(mode, "k-down", "kbr8", "10.115.0.0/24");
     c.env.node_veth("kx0", "kx1");
     c.api.create_nad(
         "default",
@@ -368,6 +429,9 @@ fn api_down_fails_add_cleanly_and_del_still_works() {
         &macvlan_nad(&c, "mv", "kx0", "10.116.0.0/24"),
     );
     c.api.create_pod("default", "d", json!({NETS: "mv"}));
+    if c.mode == Mode::Daemon {
+        return api_down_through_the_daemon(c);
+    }
     // 500s from the API: "try again later", nothing attached.
     c.api.fault(json!({"pathPrefix": "/apis/", "status": 500}));
     let msg = c
@@ -415,9 +479,55 @@ fn api_down_fails_add_cleanly_and_del_still_works() {
     assert!(c.env.reservations("mv").is_empty() && c.env.reservations("cluster").is_empty());
 }
 
-#[test]
-fn a_failed_status_write_rolls_everything_back_and_late_pods_are_waited_for() {
-    let c = cluster("k-409", "kbr9", "10.117.0.0/24");
+/// The daemon reads pods and NADs from its watch cache, so read faults do not touch an ADD; the
+/// writes still fail it cleanly, and DEL never needs the API at all.
+fn api_down_through_the_daemon(mut c: Cluster) {
+    // 500s on every NAD and a 5 s delay on every pod GET: the cache serves the ADD.
+    c.api
+        .fault(json!({"pathPrefix": "/apis/", "status": 500, "watch": false}));
+    c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/d", "method": "GET", "delayMs": 5000}));
+    let t = Instant::now();
+    c.env
+        .cni_pod("ADD", "k-down", "default", "d", None, &c.conf)
+        .ok();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(c.reads().is_empty(), "{:?}", c.reads());
+    c.env
+        .cni_pod("DEL", "k-down", "default", "d", None, &c.conf)
+        .ok();
+    // 401 on the status write: refused with its own code, rolled back.
+    c.api.clear_faults();
+    c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/d/status", "status": 401, "times": 1}));
+    c.env
+        .cni_pod("ADD", "k-down", "default", "d", None, &c.conf)
+        .err(110);
+    c.env.assert_clean(&["kbr8", "kx0", "kx1"]);
+    // Healthy: attach; then the API goes away: the next ADD fails at its write, "try again
+    // later", rolled back; DEL cleans up from the cache.
+    c.api.clear_faults();
+    c.env
+        .cni_pod("ADD", "k-down", "default", "d", None, &c.conf)
+        .ok();
+    assert_eq!(c.env.pod_links().len(), 3);
+    c.api.stop();
+    // DEL needs no API; the next ADD gets as far as its write, then rolls back.
+    c.env
+        .cni_pod("DEL", "k-down", "default", "d", None, &c.conf)
+        .ok();
+    let out = c
+        .env
+        .cni_pod("ADD", "k-down2", "default", "d", None, &c.conf);
+    assert_eq!(out.json()["code"], 11, "{}", out.stdout);
+    c.env.assert_clean(&["kbr8", "kx0", "kx1"]);
+    c.env
+        .cni_pod("DEL", "k-down2", "default", "d", None, &c.conf)
+        .ok();
+    c.env.assert_clean(&["kbr8", "kx0", "kx1"]);
+    assert!(c.env.reservations("mv").is_empty() && c.env.reservations("cluster").is_empty());
+}
+
+fn a_failed_status_write_rolls_everything_back_and_late_pods_are_waited_for(mode: Mode) {
+    let c = cluster(mode, "k-409", "kbr9", "10.117.0.0/24");
     c.api.create_pod("default", "c", json!({}));
     // The pod is not visible at first (the API lags the kubelet), then the status write fails.
     c.api.fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods/c", "method": "GET", "status": 404, "times": 2}));
@@ -436,6 +546,8 @@ fn a_failed_status_write_rolls_everything_back_and_late_pods_are_waited_for() {
     let ev = c.api.events("default");
     assert_eq!(ev.last().unwrap()["reason"], "FailedAttach");
     assert_eq!(ev.last().unwrap()["type"], "Warning");
+    // (The daemon never made the GETs the 404s were for: its watch cache had the pod.)
+    c.api.clear_faults();
     // The runtime retries: this time it works.
     c.env
         .cni_pod("ADD", "k-409", "default", "c", None, &c.conf)
@@ -460,9 +572,8 @@ fn a_failed_status_write_rolls_everything_back_and_late_pods_are_waited_for() {
     c.env.assert_clean(&["kbr9"]);
 }
 
-#[test]
-fn no_pod_identity_means_cluster_network_only() {
-    let c = cluster("k-anon", "kbra", "10.118.0.0/24");
+fn no_pod_identity_means_cluster_network_only(mode: Mode) {
+    let c = cluster(mode, "k-anon", "kbra", "10.118.0.0/24");
     let mut conf = c.conf.clone();
     conf["delegates"]
         .as_array_mut()
@@ -475,9 +586,8 @@ fn no_pod_identity_means_cluster_network_only() {
     c.env.assert_clean(&["kbra"]);
 }
 
-#[test]
-fn oversized_selection_fails_fast_without_an_api_storm() {
-    let c = cluster("k-cap", "kbrb", "10.119.0.0/24");
+fn oversized_selection_fails_fast_without_an_api_storm(mode: Mode) {
+    let c = cluster(mode, "k-cap", "kbrb", "10.119.0.0/24");
     let many = (0..500)
         .map(|i| format!("n{i}"))
         .collect::<Vec<_>>()
@@ -501,9 +611,8 @@ fn oversized_selection_fails_fast_without_an_api_storm() {
     c.env.assert_clean(&[]);
 }
 
-#[test]
-fn requested_interface_already_in_the_pod_is_refused() {
-    let c = cluster("k-dup", "kbrc", "10.120.0.0/24");
+fn requested_interface_already_in_the_pod_is_refused(mode: Mode) {
+    let c = cluster(mode, "k-dup", "kbrc", "10.120.0.0/24");
     c.api.create_nad("default", "p2p", &json!({"cniVersion": "1.0.0", "name": "p2p", "type": "ptp", "ipam": c.env.host_local("p2p", "10.121.0.0/30")}));
     c.env.node(&[
         "ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1",
@@ -530,9 +639,11 @@ fn requested_interface_already_in_the_pod_is_refused() {
         .err(7);
 }
 
+/// Thin mode: the kubeconfig's tokenFile is read at each run. (The daemon's in-cluster client
+/// re-reads its token as kube-rs does.)
 #[test]
 fn rotated_service_account_token_is_picked_up() {
-    let c = cluster("k-tok", "kbrd", "10.122.0.0/24");
+    let c = cluster(Mode::Thin, "k-tok", "kbrd", "10.122.0.0/24");
     c.api.create_pod("default", "t", json!({}));
     let token = c.env.path().join("token");
     let kc = c.env.path().join("kubeconfig-tokenfile");
@@ -567,9 +678,8 @@ fn rotated_service_account_token_is_picked_up() {
     c.env.assert_clean(&["kbrd"]);
 }
 
-#[test]
-fn cni_args_reach_every_plugin_and_capabilities_are_checked() {
-    let c = cluster("k-args", "kbre", "10.123.0.0/24");
+fn cni_args_reach_every_plugin_and_capabilities_are_checked(mode: Mode) {
+    let c = cluster(mode, "k-args", "kbre", "10.123.0.0/24");
     let rec = c.env.record_file();
     c.api.create_nad("default", "chain", &json!({"cniVersion": "1.0.0", "name": "chain", "plugins": [
         {"type": "test-record", "record": rec, "capabilities": {"ips": true}, "args": {"cni": {"fromNad": "x", "over": "nad"}}},
@@ -632,9 +742,9 @@ enum Devices {
 
 /// Two veths play the VFs the kubelet allocated to the pod; an SR-IOV stand-in moves the one named
 /// by the device ID into the pod, and back on DEL.
-fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
+fn sriov_scenario(mode: Mode, tag: &str, subnet: &str, source: Devices) {
     let bridge = format!("kbv{}", source as u8);
-    let mut c = cluster(tag, &bridge, subnet);
+    let mut c = cluster(mode, tag, &bridge, subnet);
     c.env.node_veth("vfa0", "vfa1");
     c.env.node_veth("vfb0", "vfb1");
     let pod = c
@@ -758,27 +868,23 @@ fn sriov_scenario(tag: &str, subnet: &str, source: Devices) {
         .assert_clean(&[&bridge, "vfa0", "vfa1", "vfb0", "vfb1"]);
 }
 
-#[test]
-fn sriov_vfs_from_the_kubelet_checkpoint() {
-    sriov_scenario("k-vfc", "10.126.0.0/24", Devices::Checkpoint);
+fn sriov_vfs_from_the_kubelet_checkpoint(mode: Mode) {
+    sriov_scenario(mode, "k-vfc", "10.126.0.0/24", Devices::Checkpoint);
 }
 
-#[test]
-fn sriov_vfs_from_pod_resources_get() {
-    sriov_scenario("k-vfg", "10.127.0.0/24", Devices::PodResourcesGet);
+fn sriov_vfs_from_pod_resources_get(mode: Mode) {
+    sriov_scenario(mode, "k-vfg", "10.127.0.0/24", Devices::PodResourcesGet);
 }
 
-#[test]
-fn sriov_vfs_from_pod_resources_list_when_get_is_unimplemented() {
-    sriov_scenario("k-vfl", "10.128.0.0/24", Devices::PodResourcesList);
+fn sriov_vfs_from_pod_resources_list_when_get_is_unimplemented(mode: Mode) {
+    sriov_scenario(mode, "k-vfl", "10.128.0.0/24", Devices::PodResourcesList);
 }
 
 /// The privilege escalation the code review found: a NAD whose type is plexus (or Multus), with
 /// a `binDir` of the NAD author's choosing, would run any binary there as root. Refused before
 /// anything runs, at any position of the network, and the error names the NAD.
-#[test]
-fn a_nad_cannot_run_plexus_inside_plexus() {
-    let c = cluster("k-self", "kbrs", "10.126.0.0/24");
+fn a_nad_cannot_run_plexus_inside_plexus(mode: Mode) {
+    let c = cluster(mode, "k-self", "kbrs", "10.126.0.0/24");
     let evil = c.env.path().join("evil");
     std::fs::create_dir_all(&evil).unwrap();
     let marker = c.env.path().join("pwned");
@@ -819,3 +925,24 @@ fn a_nad_cannot_run_plexus_inside_plexus() {
     c.env.assert_clean(&["kbrs"]);
     assert!(c.env.reservations("cluster").is_empty());
 }
+
+both!(
+    pod_without_annotation_gets_the_cluster_network_and_a_status,
+    networks_by_name_and_namespace_at_interface,
+    json_selection_with_interface_static_ips_and_mac,
+    missing_nad_fails_cleanly_with_an_event,
+    nad_without_config_comes_from_conf_dir_and_conflist_with_bandwidth,
+    default_route_moves_to_the_requested_network,
+    namespace_isolation_on_and_off,
+    uid_mismatch_is_refused_except_for_static_pods,
+    api_down_fails_add_cleanly_and_del_still_works,
+    a_failed_status_write_rolls_everything_back_and_late_pods_are_waited_for,
+    no_pod_identity_means_cluster_network_only,
+    oversized_selection_fails_fast_without_an_api_storm,
+    requested_interface_already_in_the_pod_is_refused,
+    cni_args_reach_every_plugin_and_capabilities_are_checked,
+    a_nad_cannot_run_plexus_inside_plexus,
+    sriov_vfs_from_the_kubelet_checkpoint,
+    sriov_vfs_from_pod_resources_get,
+    sriov_vfs_from_pod_resources_list_when_get_is_unimplemented,
+);
