@@ -169,9 +169,10 @@ impl NodeDaemon {
         }
     }
 
-    /// `/metrics` from the metrics port (inside the node netns).
-    pub fn metrics(&self) -> String {
+    /// `GET path` on the metrics port (inside the node netns): (status, body).
+    pub fn tcp_get(&self, path: &str) -> (u16, String) {
         let port = self.metrics_port.expect("metricsPort set");
+        let path = path.to_string();
         crate::in_netns(&self.netns, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -181,13 +182,19 @@ impl NodeDaemon {
                 let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
                     .await
                     .unwrap();
-                let r = plexus::unix_http::request_over(s, "GET", "/metrics", None, vec![])
+                let r = plexus::unix_http::request_over(s, "GET", &path, None, vec![])
                     .await
                     .unwrap();
-                assert_eq!(r.status, 200);
-                String::from_utf8(r.body).unwrap()
+                (r.status, String::from_utf8(r.body).unwrap())
             })
         })
+    }
+
+    /// `/metrics` from the metrics port.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.tcp_get("/metrics");
+        assert_eq!(status, 200);
+        body
     }
 }
 

@@ -489,8 +489,10 @@ impl Fixture {
 
     /// `argv` run "in a pod" against this fixture: in the node netns, with
     /// `KUBERNETES_SERVICE_HOST`/`PORT` pointing here, no `KUBECONFIG`, and `sa_dir` (see
-    /// [`Fixture::write_service_account`]) bind-mounted at [`SERVICE_ACCOUNT_DIR`] in a private
-    /// mount namespace, so the host's view of that path never changes. The mount point is
+    /// [`Fixture::write_service_account`]) bind-mounted at [`SERVICE_ACCOUNT_DIR`] in a mount
+    /// namespace of its own, so the host's view of that path never changes. It is a slave of the
+    /// host's (a pod's `HostToContainer` propagation): netns a runtime creates later under
+    /// /run/netns are seen, and nothing mounted inside leaks out. The mount point is
     /// created if missing, and as any directory made under a mount namespace, it stays on the
     /// host's /run (empty) afterwards.
     pub fn in_cluster_command<S: AsRef<std::ffi::OsStr>>(
@@ -499,7 +501,7 @@ impl Fixture {
         argv: &[S],
     ) -> Command {
         let script = format!(
-            "set -e; mount --make-rprivate /; mkdir -p {SERVICE_ACCOUNT_DIR}; \
+            "set -e; mkdir -p {SERVICE_ACCOUNT_DIR}; \
              mount --bind \"$1\" {SERVICE_ACCOUNT_DIR}; shift; exec \"$@\""
         );
         let mut cmd = Command::new("ip");
@@ -509,6 +511,8 @@ impl Fixture {
             &self.netns,
             "unshare",
             "--mount",
+            "--propagation",
+            "slave",
             "sh",
             "-c",
         ])
@@ -611,9 +615,7 @@ impl Fixture {
 
     /// "METHOD path" of every API request since the last clear.
     pub fn requests(&self) -> Vec<String> {
-        let (_, v) = self.call("GET", "/fixture/requests", None);
-        v.as_array()
-            .unwrap()
+        self.client_requests()
             .iter()
             .map(|r| {
                 format!(
@@ -628,9 +630,7 @@ impl Fixture {
     /// (API group, resource[/subresource], RBAC verb) of every API request since the last clear,
     /// as the API server's authorizer sees them.
     pub fn rbac_requests(&self) -> Vec<(String, String, String)> {
-        let (_, v) = self.call("GET", "/fixture/requests", None);
-        v.as_array()
-            .unwrap()
+        self.client_requests()
             .iter()
             .map(|r| {
                 rbac_attributes(
@@ -639,6 +639,17 @@ impl Fixture {
                     r["query"].as_str().unwrap_or(""),
                 )
             })
+            .collect()
+    }
+
+    /// The logged requests of API clients (plexus, on TCP), not the test's own (the unix socket).
+    fn client_requests(&self) -> Vec<Value> {
+        let (_, v) = self.call("GET", "/fixture/requests", None);
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["listener"] != "unix")
+            .cloned()
             .collect()
     }
 

@@ -20,7 +20,18 @@ fn which(bin: &str) -> bool {
 
 #[test]
 fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
-    let env = TestEnv::new("ctr");
+    ctr_run(false);
+}
+
+/// The same through the shim and the node daemon. ctr sends no pod identity, so the daemon
+/// (always in Kubernetes mode) attaches the cluster network only.
+#[test]
+fn ctr_run_with_plexus_as_the_daemons_shim_gives_eth0_and_leaves_nothing() {
+    ctr_run(true);
+}
+
+fn ctr_run(through_daemon: bool) {
+    let env = TestEnv::new(if through_daemon { "ctrd" } else { "ctr" });
     for bin in ["containerd", "ctr", "runc", "containerd-shim-runc-v2"] {
         assert!(
             which(bin),
@@ -50,6 +61,15 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
         {"cniVersion": "1.0.0", "name": "mv", "type": "macvlan", "master": "ctrm0",
          "ipam": env.host_local("mv", "10.247.0.0/24")}
     ]}]});
+    let mut conflist = conflist;
+    let (_api, _node_daemon) = if through_daemon {
+        let api = common::Fixture::start_tls(&env, "daemon-sa-token");
+        let d = common::daemon::NodeDaemon::start(&env, &api, json!({}));
+        conflist["plugins"][0]["daemonSocketDir"] = json!(d.socket_dir);
+        (Some(api), Some(d))
+    } else {
+        (None, None)
+    };
     let netd = t.join("net.d");
     std::fs::create_dir_all(&netd).unwrap();
     std::fs::write(netd.join("10-plexus.conflist"), conflist.to_string()).unwrap();
@@ -59,13 +79,14 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
 
     let script = format!(
         "mount --bind {netd} /etc/cni/net.d && mount --bind {bin} /opt/cni/bin && \
-         exec timeout 120 ctr -a {sock} run --rm --cni --rootfs {rootfs} plexus-e2e-{pid} \
+         exec timeout 120 ctr -a {sock} run --rm --cni --rootfs {rootfs} plexus-e2e-{pid}{mode} \
          /bin/sh -c 'ip -o -4 addr; ip -o link'",
         netd = netd.display(),
         bin = bin.display(),
         sock = sock.display(),
         rootfs = rootfs.display(),
-        pid = std::process::id()
+        pid = std::process::id(),
+        mode = if through_daemon { "-d" } else { "" }
     );
     let out = Command::new("ip")
         .args(["netns", "exec", &env.node, "sh", "-c", &script])
@@ -84,10 +105,11 @@ fn ctr_run_with_plexus_gives_eth0_and_net1_and_leaves_nothing() {
             .any(|l| l.contains("eth0") && l.contains("inet 10.246.0.")),
         "{stdout}"
     );
-    assert!(
+    assert_eq!(
         stdout
             .lines()
             .any(|l| l.contains("net1") && l.contains("inet 10.247.0.")),
+        !through_daemon,
         "{stdout}"
     );
 

@@ -109,8 +109,22 @@ fn ctr(sock: &Path, args: &[&str]) -> String {
 
 #[test]
 fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
-    let env = TestEnv::new("cri");
-    let api = Fixture::start(&env);
+    cri_scenario(false);
+}
+
+/// The same with plexus as the shim of the node daemon (run as in a pod, watching the fixture).
+#[test]
+fn cri_pod_sandbox_through_the_node_daemon() {
+    cri_scenario(true);
+}
+
+fn cri_scenario(through_daemon: bool) {
+    let env = TestEnv::new(if through_daemon { "crid" } else { "cri" });
+    let api = if through_daemon {
+        Fixture::start_tls(&env, "daemon-sa-token")
+    } else {
+        Fixture::start(&env)
+    };
     let t = env.path().to_path_buf();
 
     // The cluster: a NAD and a pod asking for it.
@@ -134,17 +148,20 @@ fn cri_pod_sandbox_gets_eth0_and_its_nads_network_and_stop_leaves_nothing() {
     cluster_ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
     let netd = t.join("net.d");
     std::fs::create_dir_all(&netd).unwrap();
-    std::fs::write(
-        netd.join("00-plexus.conflist"),
-        json!({"cniVersion": common::shipped_cni_version(), "name": "plexus-cri", "plugins": [{
-            "type": "plexus", "cniDir": env.cni_dir(), "binDir": bin, "logLevel": "info",
-            "kubeconfig": api.kubeconfig,
-            "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "plugins": [
-                {"type": "bridge", "bridge": "plxcri0", "isGateway": true, "ipMasq": false,
-                 "ipam": cluster_ipam}]}]}]})
-        .to_string(),
-    )
-    .unwrap();
+    let mut conflist = json!({"cniVersion": common::shipped_cni_version(), "name": "plexus-cri", "plugins": [{
+        "type": "plexus", "cniDir": env.cni_dir(), "binDir": bin, "logLevel": "info",
+        "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "plugins": [
+            {"type": "bridge", "bridge": "plxcri0", "isGateway": true, "ipMasq": false,
+             "ipam": cluster_ipam}]}]}]});
+    let _node_daemon = if through_daemon {
+        let d = common::daemon::NodeDaemon::start(&env, &api, json!({}));
+        conflist["plugins"][0]["daemonSocketDir"] = json!(d.socket_dir);
+        Some(d)
+    } else {
+        conflist["plugins"][0]["kubeconfig"] = json!(api.kubeconfig);
+        None
+    };
+    std::fs::write(netd.join("00-plexus.conflist"), conflist.to_string()).unwrap();
 
     let (_daemon, sock) = env.containerd(
         &format!(

@@ -89,6 +89,143 @@ fn rbac_grants_exactly_the_calls_the_plugin_makes() {
 }
 
 #[test]
+fn thick_rbac_grants_exactly_the_calls_the_daemon_makes_watches_included() {
+    use plexus_e2e::daemon::NodeDaemon;
+    let env = TestEnv::new("rbac-d");
+    let api = Fixture::start_tls(&env, "daemon-sa-token");
+    let mut daemon = NodeDaemon::start(&env, &api, json!({"podWaitSeconds": 0.2}));
+    api.create_nad(
+        "default",
+        "extra",
+        &json!({"cniVersion": "1.0.0", "name": "extra", "type": "test-record", "address": "10.52.0.2/24"}),
+    );
+    api.create_pod(
+        "default",
+        "p",
+        json!({"k8s.v1.cni.cncf.io/networks": "extra"}),
+    );
+    let mut conf = env.plexus_conf(
+        "1.0.0",
+        vec![json!({"cniVersion": "1.0.0", "name": "c", "type": "test-record", "address": "10.53.0.2/24"})],
+    );
+    conf["daemonSocketDir"] = json!(daemon.socket_dir);
+    env.cni_pod("ADD", "rbacd1", "default", "p", None, &conf)
+        .ok();
+    env.cni_pod("DEL", "rbacd1", "default", "p", None, &conf)
+        .ok();
+    // The watch cache misses: a NAD that does not exist and a pod it has not seen (watches cut)
+    // are fetched with one GET each.
+    api.create_pod(
+        "default",
+        "q",
+        json!({"k8s.v1.cni.cncf.io/networks": "ghost"}),
+    );
+    env.cni_pod("ADD", "rbacd2", "default", "q", None, &conf)
+        .err(114);
+    api.fault(json!({"pathPrefix": "/api/v1/pods", "watch": true, "status": 500}));
+    api.abort_watches();
+    api.create_pod("default", "r", json!({}));
+    env.cni_pod("ADD", "rbacd3", "default", "r", None, &conf)
+        .ok();
+    api.clear_faults();
+    env.cni_pod("DEL", "rbacd3", "default", "r", None, &conf)
+        .ok();
+    daemon.kill();
+    let used: BTreeSet<_> = api.rbac_requests().into_iter().collect();
+    let want: BTreeSet<(String, String, String)> = [
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "pods", "get"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "list"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "watch"),
+        ("k8s.cni.cncf.io", "network-attachment-definitions", "get"),
+        ("", "pods/status", "patch"),
+        ("", "events", "create"),
+    ]
+    .iter()
+    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(
+        used, want,
+        "the scenario exercises every kind of call the daemon makes"
+    );
+    assert_eq!(
+        granted("thick/rbac.yaml", "ClusterRole"),
+        used,
+        "granted == used"
+    );
+}
+
+#[test]
+fn thick_daemonset_and_configmap_fit_together() {
+    let ds = &docs("thick/daemonset.yaml")[0];
+    let cm = &docs("thick/configmap.yaml")[0];
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["serviceAccountName"],
+        docs("thick/rbac.yaml")[0]["metadata"]["name"]
+    );
+    assert_eq!(spec["hostNetwork"], true);
+    let c = &spec["containers"][0];
+    assert_eq!(c["command"][1], "daemon");
+    assert_eq!(c["env"][0]["name"], "MULTUS_NODE_NAME");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let config: Value =
+        serde_json::from_str(cm["data"]["daemon-config.json"].as_str().unwrap()).unwrap();
+    // The config is one the daemon accepts, its probes hit its metrics port, and every host
+    // directory it names is mounted at the same path.
+    plexus::daemon::config::DaemonConfig::parse(config.to_string().as_bytes()).unwrap();
+    let port = config["metricsPort"].as_u64().unwrap();
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"].as_u64(), Some(port), "{probe}");
+    }
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for key in [
+        "socketDir",
+        "cniConfigDir",
+        "multusAutoconfigDir",
+        "confDir",
+        "cniDir",
+        "binDir",
+    ] {
+        let dir = config[key].as_str().unwrap().trim_end_matches('/');
+        assert!(mounts.contains(&dir), "{key} {dir} not mounted: {mounts:?}");
+        let vol = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == dir)
+            .unwrap()["name"]
+            .clone();
+        let host = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vol)
+            .unwrap()["hostPath"]["path"]
+            .clone();
+        assert_eq!(host, dir, "{key}: the host's path, at the same path");
+    }
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["command"][1], "install");
+    assert!(init["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "--binary-only"));
+}
+
+#[test]
 fn daemonset_and_configmap_fit_together() {
     let ds = &docs("daemonset.yaml")[0];
     let cm = &docs("configmap.yaml")[0];

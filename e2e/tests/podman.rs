@@ -41,7 +41,19 @@ fn podman(env: &TestEnv, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn podman_run_with_plexus_gives_eth0_net1_and_host_ports_and_leaves_nothing() {
-    let env = TestEnv::new("podman");
+    podman_run(false);
+}
+
+/// The same through the shim and the node daemon: the port mapping reaches the cluster
+/// network's portmap through the daemon. podman sends no pod identity, so the daemon (always in
+/// Kubernetes mode) attaches the cluster network only.
+#[test]
+fn podman_run_with_plexus_as_the_daemons_shim_gives_eth0_and_host_ports_and_leaves_nothing() {
+    podman_run(true);
+}
+
+fn podman_run(through_daemon: bool) {
+    let env = TestEnv::new(if through_daemon { "podmand" } else { "podman" });
     assert!(
         Command::new("podman")
             .arg("--version")
@@ -82,9 +94,22 @@ fn podman_run_with_plexus_gives_eth0_net1_and_host_ports_and_leaves_nothing() {
         {"cniVersion": "1.0.0", "name": "mv", "type": "macvlan", "master": "pmm0",
          "ipam": env.host_local("mv", "10.249.0.0/24")}
     ]}]});
+    let mut conflist = conflist;
+    let (_api, _node_daemon) = if through_daemon {
+        let api = common::Fixture::start_tls(&env, "daemon-sa-token");
+        let d = common::daemon::NodeDaemon::start(&env, &api, json!({}));
+        conflist["plugins"][0]["daemonSocketDir"] = json!(d.socket_dir);
+        (Some(api), Some(d))
+    } else {
+        (None, None)
+    };
     std::fs::write(netd.join("plexusnet.conflist"), conflist.to_string()).unwrap();
 
-    let name = format!("plexus-e2e-{}", std::process::id());
+    let name = format!(
+        "plexus-e2e-{}{}",
+        std::process::id(),
+        if through_daemon { "-d" } else { "" }
+    );
     let (ok, out) = podman(
         &env,
         &[
@@ -114,10 +139,11 @@ fn podman_run_with_plexus_gives_eth0_net1_and_host_ports_and_leaves_nothing() {
             .any(|l| l.contains("eth0") && l.contains("inet 10.248.0.")),
         "{addrs}"
     );
-    assert!(
+    assert_eq!(
         addrs
             .lines()
             .any(|l| l.contains("net1") && l.contains("inet 10.249.0.")),
+        !through_daemon,
         "{addrs}"
     );
     assert!(

@@ -7,7 +7,8 @@
 //!
 //! On ADD it prints `prevResult` unchanged when given one (as a chained meta plugin must), else a
 //! result with one interface named CNI_IFNAME and the config's `address`, in the config's
-//! cniVersion (or `answerVersion`, to test conversion). Other keys: `garbage` (print non-JSON).
+//! cniVersion (or `answerVersion`, to test conversion). Other keys: `garbage` (print non-JSON),
+//! `sleepMs` (sleep that long first on the verbs in `sleepOn`, default `["ADD"]`: a slow delegate).
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -69,6 +70,11 @@ fn main() {
         f.write_all(format!("{line}\n").as_bytes()).expect("record");
     }
     eprintln!("{role}: {command} {}", env("CNI_IFNAME"));
+    if let Some(ms) = conf.get("sleepMs").and_then(Value::as_u64) {
+        if verbs(&conf, "sleepOn").contains(&command) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
     if role.contains("hang") && verbs(&conf, "hangOn").contains(&command) {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
