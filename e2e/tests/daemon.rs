@@ -442,3 +442,82 @@ fn bad_daemon_configs_do_not_start() {
     assert_eq!(code, Some(1));
     assert!(err.contains("MULTUS_NODE_NAME"), "{err}");
 }
+
+#[test]
+fn a_daemon_killed_mid_churn_leaves_nothing_once_the_runtime_has_deleted() {
+    let mut n = node("d-churn", json!({"maxConcurrentRequests": 4}));
+    n.api.create_nad(
+        "default",
+        "slow",
+        &record_net(&n.env, "slow", json!({"sleepMs": 3000})),
+    );
+    // Several pods of their own netns each, ADDs and DELs in flight at once.
+    let pods: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
+    let netns: Vec<String> = pods
+        .iter()
+        .map(|p| format!("{}-{p}", n.env.pod))
+        .collect();
+    for ns in &netns {
+        common::sh(&["ip", "netns", "add", ns]);
+    }
+    let run = |verb: &str, i: usize| {
+        let path = format!("/run/netns/{}", netns[i]);
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pods[i]);
+        n.env.cni_raw(
+            verb,
+            &[
+                ("CNI_CONTAINERID", &format!("churn-{i}")),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+                ("CNI_NETNS", &path),
+            ],
+            n.conf.to_string().as_bytes(),
+        )
+    };
+    for p in &pods {
+        n.api.create_pod("default", p, json!({NETS: "slow"}));
+    }
+    // Two pods attached, then a burst of ADDs and DELs, and the daemon dies in the middle.
+    run("ADD", 0).ok();
+    run("ADD", 1).ok();
+    std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for i in 2..6 {
+            hs.push(s.spawn(move || run("ADD", i)));
+        }
+        hs.push(s.spawn(|| run("DEL", 0)));
+        std::thread::sleep(Duration::from_millis(700));
+        n.daemon.kill();
+        for h in hs {
+            let out = h.join().unwrap();
+            // Whatever was cut short answered with a CNI error, never hung.
+            if out.code != 0 {
+                let v = out.json();
+                assert!(v["code"].as_u64().is_some(), "{v}");
+            }
+        }
+    });
+    // The runtime DELs every sandbox (through the shim alone: the daemon is gone).
+    for i in 0..6 {
+        run("DEL", i).ok();
+    }
+    for ns in &netns {
+        assert_eq!(TestEnv::links(ns), ["lo"], "{ns} not clean");
+        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    assert!(n.env.cache_files().is_empty(), "{:?}", n.env.cache_files());
+    assert!(n.env.reservations("cluster").is_empty());
+    let mut node_links = n.env.node_links();
+    node_links.retain(|l| l != "lo" && l != "dbr0");
+    assert!(node_links.is_empty(), "{node_links:?}");
+    // And a restarted daemon serves a new pod.
+    n.daemon.restart(&n.api);
+    n.api.create_pod("default", "after", json!({}));
+    n.env
+        .cni_pod("ADD", "churn-after", "default", "after", None, &n.conf)
+        .ok();
+    n.env
+        .cni_pod("DEL", "churn-after", "default", "after", None, &n.conf)
+        .ok();
+    n.env.assert_clean(&["dbr0"]);
+}
