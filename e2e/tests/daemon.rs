@@ -453,16 +453,16 @@ fn a_daemon_killed_mid_churn_leaves_nothing_once_the_runtime_has_deleted() {
     );
     // Several pods of their own netns each, ADDs and DELs in flight at once.
     let pods: Vec<String> = (0..6).map(|i| format!("c{i}")).collect();
-    let netns: Vec<String> = pods
-        .iter()
-        .map(|p| format!("{}-{p}", n.env.pod))
-        .collect();
+    let netns: Vec<String> = pods.iter().map(|p| format!("{}-{p}", n.env.pod)).collect();
     for ns in &netns {
         common::sh(&["ip", "netns", "add", ns]);
     }
     let run = |verb: &str, i: usize| {
         let path = format!("/run/netns/{}", netns[i]);
-        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", pods[i]);
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+            pods[i]
+        );
         n.env.cni_raw(
             verb,
             &[
@@ -503,7 +503,9 @@ fn a_daemon_killed_mid_churn_leaves_nothing_once_the_runtime_has_deleted() {
     }
     for ns in &netns {
         assert_eq!(TestEnv::links(ns), ["lo"], "{ns} not clean");
-        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .status();
     }
     assert!(n.env.cache_files().is_empty(), "{:?}", n.env.cache_files());
     assert!(n.env.reservations("cluster").is_empty());
