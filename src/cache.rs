@@ -24,7 +24,7 @@
 
 use crate::cancel::Cancel;
 use crate::cni::error::{io_error, CniError, Code};
-use crate::plan::DelegateInputs;
+use crate::plan::{DelegateInputs, SelectionRef};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
@@ -59,6 +59,9 @@ pub struct SandboxRecord {
     /// When the ADD started (RFC 3339).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub created: String,
+    /// The plexus config the ADD ran with (hot-plug plans with it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config: String,
     #[serde(default)]
     pub attachments: Vec<AttachmentRecord>,
     /// DELs that failed for some attachment so far; see `chain::MAX_DEL_ATTEMPTS`.
@@ -91,6 +94,9 @@ pub struct AttachmentRecord {
     /// `(resource, device ID)` of a device-backed network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<(String, String)>,
+    /// The selection annotation element it comes from (hot-plug's identity of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<SelectionRef>,
 }
 
 /// Which record: the plexus network, the container and the runtime's ifname.
@@ -408,6 +414,7 @@ mod tests {
             cni_args: String::new(),
             pod: None,
             created: String::new(),
+            config: String::new(),
             attachments: vec![AttachmentRecord {
                 network: "a".into(),
                 ifname: "eth0".into(),
@@ -421,6 +428,7 @@ mod tests {
                 device_info_file: None,
                 status_name: String::new(),
                 device: None,
+                selection: None,
             }],
             del_attempts: 0,
         }

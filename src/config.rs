@@ -68,6 +68,8 @@ pub struct NetConf {
     pub allowed_plugin_types: Option<Vec<String>>,
     /// The environment delegates get besides the CNI variables (from `delegateEnv`).
     pub delegate_env: Vec<(String, String)>,
+    /// The config as given (recorded with an ADD, so hot-plug plans with the same config).
+    pub raw: String,
 }
 
 /// The keys as they are written, checked by serde (a wrong type names its key).
@@ -252,6 +254,7 @@ impl NetConf {
             ),
             allowed_plugin_types: raw.allowed_plugin_types,
             delegate_env,
+            raw: String::from_utf8_lossy(bytes).into_owned(),
         })
     }
 

@@ -236,6 +236,7 @@ impl Engine {
             cni_args: delegate_args(&req.args_raw),
             pod: PodRef::from_request(req).map(|r| r.to_string()),
             created: crate::cache::now_rfc3339(),
+            config: conf.raw.clone(),
             attachments: attachments.iter().map(pending).collect(),
             del_attempts: 0,
         };
@@ -244,7 +245,7 @@ impl Engine {
             let results = chain.add(&attachments, prev, &mut record)?;
             let results = self.apply_default_routes(req, &attachments, &mut record, results)?;
             cache.store(&record)?;
-            let done = summarize(conf, &attachments, results)?;
+            let done = summarize(conf, &attachments, &record, results)?;
             if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
                 chain.check_live()?;
                 c.set_network_status(pod, &done.status)?;
@@ -644,7 +645,7 @@ struct Attached {
 }
 
 /// An attachment as the pending record lists it, before its delegates ran.
-fn pending(a: &Attachment) -> AttachmentRecord {
+pub(crate) fn pending(a: &Attachment) -> AttachmentRecord {
     AttachmentRecord {
         network: a.network.name.clone(),
         ifname: a.ifname.clone(),
@@ -655,35 +656,17 @@ fn pending(a: &Attachment) -> AttachmentRecord {
         device_info_file: a.device_info_file.clone(),
         status_name: a.status_name.clone(),
         device: a.device.clone(),
+        selection: a.selection.clone(),
     }
 }
 
 fn summarize(
     conf: &NetConf,
     attachments: &[Attachment],
+    record: &SandboxRecord,
     results: Vec<CniResult>,
 ) -> Result<Attached, CniError> {
-    let inputs: Vec<StatusInput> = attachments
-        .iter()
-        .zip(&results)
-        .map(|(a, r)| StatusInput {
-            name: &a.status_name,
-            ifname: &a.ifname,
-            result: r,
-            // §5.3.5: the cluster-wide default network's entry, even when a selection's
-            // `default-route` moved the pod's default route elsewhere (that one gets the route).
-            default: a.cluster,
-            default_route: a.default_route.iter().map(ToString::to_string).collect(),
-            device_info: a.device.as_ref().and_then(|(resource, id)| {
-                devices::device_info(
-                    a.device_info_file.as_deref(),
-                    &devices::dp_device_info_path(&conf.device_info_dir, resource, id),
-                )
-            }),
-        })
-        .collect();
-    let status =
-        serde_json::to_string(&crate::k8s::status::build(&inputs)).expect("status serializes");
+    let status = network_status(conf, record);
     let summary = attachments
         .iter()
         .zip(&results)
@@ -702,6 +685,54 @@ fn summarize(
         status,
         summary: format!("Added interfaces: {summary}"),
     })
+}
+
+/// The network-status annotation of a sandbox, from what its record holds: after an ADD, and
+/// after a hot-plug changed it. Attachments without a result (still pending) are left out.
+pub fn network_status(conf: &NetConf, record: &SandboxRecord) -> String {
+    let results: Vec<Option<CniResult>> = record
+        .attachments
+        .iter()
+        .map(|a| {
+            let version = Network::from_bytes(a.config.as_bytes(), "cache")
+                .map(|n| n.cni_version)
+                .unwrap_or(Version::LATEST);
+            a.result
+                .clone()
+                .and_then(|v| CniResult::from_value(v, version).ok())
+                .map(|(r, _)| r)
+        })
+        .collect();
+    let inputs: Vec<StatusInput> = record
+        .attachments
+        .iter()
+        .zip(&results)
+        .filter_map(|(a, r)| {
+            Some(StatusInput {
+                name: &a.status_name,
+                ifname: &a.ifname,
+                result: r.as_ref()?,
+                // §5.3.5: the cluster-wide default network's entry, even when a selection's
+                // `default-route` moved the pod's default route elsewhere (that one says so).
+                default: a.cluster,
+                default_route: a
+                    .selection
+                    .as_ref()
+                    .and_then(|s| s.params.get("default-route")?.as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|g| g.as_str().map(String::from))
+                    .collect(),
+                device_info: a.device.as_ref().and_then(|(resource, id)| {
+                    devices::device_info(
+                        a.device_info_file.as_deref(),
+                        &devices::dp_device_info_path(&conf.device_info_dir, resource, id),
+                    )
+                }),
+            })
+        })
+        .collect();
+    serde_json::to_string(&crate::k8s::status::build(&inputs)).expect("status serializes")
 }
 
 /// Undo an ADD that failed after attachments were made, in the one place that does it: DEL them
@@ -816,7 +847,12 @@ pub fn search_path(bin_dir: &Path, req: &Request) -> Vec<PathBuf> {
     p
 }
 
-fn chain_for(req: &Request, conf: &NetConf, cancel: Cancel, deadline: Option<Instant>) -> Chain {
+pub(crate) fn chain_for(
+    req: &Request,
+    conf: &NetConf,
+    cancel: Cancel,
+    deadline: Option<Instant>,
+) -> Chain {
     Chain {
         container_id: req.container_id().to_string(),
         netns: req.netns.clone().unwrap_or_default(),
@@ -843,5 +879,6 @@ fn sniff_name(stdin: &[u8]) -> Option<String> {
         .map(String::from)
 }
 
+pub mod hotplug;
 #[cfg(test)]
 mod tests;

@@ -1079,6 +1079,7 @@ mod tests {
             device_info_file: None,
             status_name: status.into(),
             device: None,
+            selection: None,
         }
     }
 
@@ -1092,6 +1093,7 @@ mod tests {
             cni_args: "K8S_POD_UID=u1".into(),
             pod: pod.map(String::from),
             created: "2025-01-02T03:04:05Z".into(),
+            config: String::new(),
             attachments: atts,
             del_attempts: 0,
         }

@@ -29,6 +29,24 @@ pub struct DelegateInputs {
     pub cni_args: Map<String, Value>,
 }
 
+/// Which element of the pod's selection annotation an attachment comes from: the identity
+/// hot-plug diffs by (NAD, requested interface, and the occurrence of that pair), and what else
+/// the element asked (a change of it is not the same attachment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectionRef {
+    /// `namespace/name` of the NAD.
+    pub nad: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// 0 for the first element with this NAD and interface, 1 for the next…
+    #[serde(default)]
+    pub occurrence: usize,
+    /// The element's other keys (ips, mac, cni-args…), canonical.
+    #[serde(default)]
+    pub params: Value,
+}
+
 /// One network a pod gets, with what was asked of it, before interface names are given out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodNetwork {
@@ -43,6 +61,8 @@ pub struct PodNetwork {
     pub resource: Option<String>,
     /// The device ID: asked for by the selection (`deviceID`), then the one allocated.
     pub device_id: Option<String>,
+    /// The annotation element it comes from (none for the cluster network and defaultNetworks).
+    pub selection: Option<SelectionRef>,
 }
 
 impl PodNetwork {
@@ -56,6 +76,7 @@ impl PodNetwork {
             default_route: vec![],
             resource: None,
             device_id: None,
+            selection: None,
         }
     }
 
@@ -106,6 +127,8 @@ pub struct Attachment {
     pub device: Option<(String, String)>,
     /// Where the CNI is asked to write its device-info (set when the ADD is known).
     pub device_info_file: Option<String>,
+    /// The annotation element it comes from.
+    pub selection: Option<SelectionRef>,
 }
 
 /// Where the planner reads from besides the config.
@@ -187,18 +210,23 @@ pub fn resolve(conf: &NetConf, src: Sources<'_>) -> Result<PodNetworks, CniError
                 .map(PodNetwork::plain),
         );
     }
+    let mut seen: std::collections::HashMap<(String, Option<String>), usize> = Default::default();
     for sel in &selections {
         let ns = sel.namespace.clone().unwrap_or_else(|| pod_ns.clone());
         check_isolation(conf, &pod_name, &pod_ns, &ns, &sel.name)?;
-        extras.push(fetch_nad(
-            conf,
-            src.files,
-            view,
-            &ns,
-            &sel.name,
-            &pod_name,
-            Some(sel),
-        )?);
+        let mut n = fetch_nad(conf, src.files, view, &ns, &sel.name, &pod_name, Some(sel))?;
+        let nad = format!("{ns}/{}", sel.name);
+        let occurrence = seen
+            .entry((nad.clone(), sel.interface.clone()))
+            .and_modify(|c| *c += 1)
+            .or_insert(0);
+        n.selection = Some(SelectionRef {
+            nad,
+            interface: sel.interface.clone(),
+            occurrence: *occurrence,
+            params: sel.params(),
+        });
+        extras.push(n);
     }
     let mut networks = PodNetworks { cluster, extras };
     assign_devices(
@@ -408,9 +436,11 @@ pub fn plan(
         device_info_file: None,
         status_name: cluster.status_name,
         default_route: vec![],
+        selection: None,
     });
     for (i, n) in extras.into_iter().enumerate() {
         let position = i + 1;
+        require_capabilities(&n)?;
         let ifname = match n.ifname {
             Some(name) => {
                 validate_ifname(&name).map_err(|e| {
@@ -423,17 +453,6 @@ pub fn plan(
             }
             None => format!("net{position}"),
         };
-        let wanted: Vec<&String> = n.inputs.capability_args.keys().collect();
-        if let Some(missing) = wanted.iter().find(|k| !declares(&n.network, k)) {
-            return Err(CniError::new(
-                Code::UNSUPPORTED_FIELD,
-                format!(
-                    "network \"{}\": \"{missing}\" was requested but no plugin of the network ({}) declares the \"{missing}\" capability",
-                    n.network.name,
-                    n.network.types()
-                ),
-            ));
-        }
         out.push(Attachment {
             network: n.network,
             ifname,
@@ -443,6 +462,7 @@ pub fn plan(
             default_route: n.default_route,
             device: n.resource.clone().zip(n.device_id.clone()),
             device_info_file: None,
+            selection: n.selection,
         });
     }
     for v6 in [false, true] {
@@ -467,6 +487,75 @@ pub fn plan(
                 a.ifname, a.network.name
             )));
         }
+    }
+    Ok(out)
+}
+
+/// NPWG §4.1.2.1: a request no plugin of the network can honour fails the pod, rather than being
+/// dropped silently.
+fn require_capabilities(n: &PodNetwork) -> Result<(), CniError> {
+    let wanted: Vec<&String> = n.inputs.capability_args.keys().collect();
+    if let Some(missing) = wanted.iter().find(|k| !declares(&n.network, k)) {
+        return Err(CniError::new(
+            Code::UNSUPPORTED_FIELD,
+            format!(
+                "network \"{}\": \"{missing}\" was requested but no plugin of the network ({}) declares the \"{missing}\" capability",
+                n.network.name,
+                n.network.types()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Plan networks hot-plugged into a running sandbox whose interfaces are `taken`: each gets its
+/// requested interface, or the lowest `net<N>` not taken; existing interfaces are never renamed.
+/// The checks of [`plan`] apply; a `default-route` request cannot be hot-plugged (it would move
+/// the running pod's default route).
+pub fn plan_hotplug(taken: &[String], adds: Vec<PodNetwork>) -> Result<Vec<Attachment>, CniError> {
+    let mut used: HashSet<String> = taken.iter().cloned().collect();
+    let mut out = Vec::with_capacity(adds.len());
+    for n in adds {
+        if !n.default_route.is_empty() {
+            return Err(invalid_config(format!(
+                "network {}: a default-route request cannot be hot-plugged into a running pod",
+                n.status_name
+            )));
+        }
+        require_capabilities(&n)?;
+        let ifname = match &n.ifname {
+            Some(name) => {
+                validate_ifname(name).map_err(|e| {
+                    e.context(format!(
+                        "network \"{}\": requested interface",
+                        n.network.name
+                    ))
+                })?;
+                if used.contains(name) {
+                    return Err(invalid_config(format!(
+                        "interface name \"{name}\" (network {}) is already in use in the pod",
+                        n.status_name
+                    )));
+                }
+                name.clone()
+            }
+            None => (1..)
+                .map(|i| format!("net{i}"))
+                .find(|c| !used.contains(c))
+                .expect("a free name"),
+        };
+        used.insert(ifname.clone());
+        out.push(Attachment {
+            network: n.network,
+            ifname,
+            cluster: false,
+            inputs: n.inputs,
+            status_name: n.status_name,
+            default_route: vec![],
+            device: n.resource.clone().zip(n.device_id.clone()),
+            device_info_file: None,
+            selection: n.selection,
+        });
     }
     Ok(out)
 }

@@ -441,3 +441,201 @@ fn default_route_moves_and_every_result_says_so() {
         "{reports:?}"
     );
 }
+
+mod hotplug {
+    use super::*;
+    use crate::engine::hotplug::{Outcome, HOTPLUG_REPLACE_ANNOTATION};
+    use crate::k8s::NETWORKS_ANNOTATION;
+
+    struct Pod1 {
+        n: Node,
+        e: Engine,
+        c: NetConf,
+        view: MemoryView,
+    }
+
+    fn setup() -> Pod1 {
+        let n = Node::new();
+        let c = n.conf(
+            "plexus",
+            "1.0.0",
+            vec![Node::net("cluster", json!({}))],
+            json!({"kubeconfig": "/dev/null"}),
+        );
+        let nad = |name: &str, extra: Value| Node::net(name, extra).to_string();
+        let view = MemoryView::default()
+            .with_nad("ns1", "a", &nad("a", json!({})))
+            .with_nad("ns1", "b", &nad("b", json!({})))
+            .with_nad("ns1", "bad", &nad("bad", json!({"fail": "ADD"})))
+            .with_nad(
+                "ns1",
+                "ipnet",
+                &nad("ipnet", json!({"capabilities": {"ips": true}})),
+            )
+            .with_pod("ns1", "p", &[(NETWORKS_ANNOTATION, "a")]);
+        let e = engine(Some(view.clone()));
+        add(
+            &e,
+            &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
+            &c,
+        )
+        .unwrap();
+        Pod1 { n, e, c, view }
+    }
+
+    impl Pod1 {
+        fn pod(&self, networks: &str, extra: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Pod {
+            let mut anns = vec![(NETWORKS_ANNOTATION, networks)];
+            anns.extend_from_slice(extra);
+            MemoryView::default().with_pod("ns1", "p", &anns).pods
+                [&("ns1".to_string(), "p".to_string())]
+                .clone()
+        }
+
+        fn plug(&self, networks: &str, extra: &[(&str, &str)]) -> Outcome {
+            let key = Key {
+                network: "plexus",
+                container_id: "c1",
+                ifname: "eth0",
+            };
+            self.e
+                .hotplug(
+                    &self.pod(networks, extra),
+                    &key,
+                    &self.c.cni_dir,
+                    &|b| Ok(b.to_vec()),
+                    &Cancel::never(),
+                )
+                .unwrap()
+        }
+
+        fn ifnames(&self) -> Vec<(String, String)> {
+            self.n.records()[0]
+                .attachments
+                .iter()
+                .map(|a| (a.ifname.clone(), a.status_name.clone()))
+                .collect()
+        }
+
+        fn statuses(&self) -> Vec<String> {
+            self.view
+                .reports
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.starts_with("status"))
+                .cloned()
+                .collect()
+        }
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn added_and_removed_elements_and_what_stays_is_untouched() {
+        let p = setup();
+        assert_eq!(
+            p.ifnames(),
+            pairs(&[("eth0", "cluster"), ("net1", "ns1/a")])
+        );
+        p.n.clear_log();
+        let o = p.plug("a, b", &[]);
+        assert_eq!(o.attached.len(), 1, "{o:?}");
+        assert_eq!(p.n.log(), ["ADD b net2"], "a untouched");
+        assert_eq!(
+            p.ifnames(),
+            pairs(&[("eth0", "cluster"), ("net1", "ns1/a"), ("net2", "ns1/b")])
+        );
+        let st = p.statuses();
+        assert_eq!(st.len(), 2, "one status write per change: {st:?}");
+        let v: Value = serde_json::from_str(st[1].splitn(3, ' ').nth(2).unwrap()).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 3);
+        // Back: net2 goes, net1 stays.
+        p.n.clear_log();
+        let o = p.plug("a", &[]);
+        assert_eq!((o.attached.len(), o.detached.len()), (0, 1));
+        assert_eq!(p.n.log(), ["DEL b net2"]);
+        // Removing the first element keeps the second one's name.
+        p.plug("a, b", &[]);
+        p.n.clear_log();
+        p.plug("b", &[]);
+        assert_eq!(p.n.log(), ["DEL a net1"]);
+        assert_eq!(
+            p.ifnames(),
+            pairs(&[("eth0", "cluster"), ("net2", "ns1/b")])
+        );
+        // A new element takes the lowest free name; nothing to do is a no-op.
+        p.n.clear_log();
+        p.plug("b, a", &[]);
+        assert_eq!(p.n.log(), ["ADD a net1"]);
+        p.n.clear_log();
+        let o = p.plug("b, a", &[]);
+        assert!(!o.changed() && p.n.log().is_empty());
+        // The runtime's DEL tears down what hot-plug attached.
+        p.n.clear_log();
+        p.e.del(&req("DEL", "c1", ""), Some(&p.c)).unwrap();
+        assert_eq!(p.n.log(), ["DEL a net1", "DEL b net2", "DEL cluster eth0"]);
+    }
+
+    #[test]
+    fn a_bad_annotation_changes_nothing() {
+        let p = setup();
+        let before = p.n.records();
+        for bad in ["a, ghost", "a, Bad!", "a, ipnet@eth0"] {
+            let o = p.plug(bad, &[]);
+            assert!(o.refused.is_some(), "{bad}: {o:?}");
+            assert!(!o.changed());
+        }
+        assert_eq!(p.n.records(), before);
+        assert_eq!(p.statuses().len(), 1, "only the ADD's");
+    }
+
+    #[test]
+    fn the_same_nad_twice_is_two_elements() {
+        let p = setup();
+        p.plug("a, a", &[]);
+        assert_eq!(
+            p.ifnames(),
+            pairs(&[("eth0", "cluster"), ("net1", "ns1/a"), ("net2", "ns1/a")])
+        );
+        p.n.clear_log();
+        p.plug("a", &[]);
+        assert_eq!(p.n.log(), ["DEL a net2"], "the second occurrence goes");
+    }
+
+    #[test]
+    fn a_changed_element_needs_the_opt_in_to_be_replaced() {
+        let p = setup();
+        p.plug(
+            r#"[{"name":"a"},{"name":"ipnet","ips":["10.9.0.5/24"]}]"#,
+            &[],
+        );
+        p.n.clear_log();
+        let changed = r#"[{"name":"a"},{"name":"ipnet","ips":["10.9.0.6/24"]}]"#;
+        let o = p.plug(changed, &[]);
+        let e = o.refused.expect("refused without the opt-in");
+        assert!(e.msg.contains(HOTPLUG_REPLACE_ANNOTATION), "{}", e.msg);
+        assert!(p.n.log().is_empty());
+        let o = p.plug(changed, &[(HOTPLUG_REPLACE_ANNOTATION, "true")]);
+        assert_eq!((o.detached.len(), o.attached.len()), (1, 1), "{o:?}");
+        assert_eq!(p.n.log(), ["DEL ipnet net2", "ADD ipnet net2"]);
+    }
+
+    #[test]
+    fn a_failing_attach_rolls_back_only_that_one() {
+        let p = setup();
+        p.n.clear_log();
+        let o = p.plug("a, bad, b", &[]);
+        assert_eq!(o.failed.len(), 1, "{o:?}");
+        assert_eq!(o.attached.len(), 1);
+        assert_eq!(p.n.log(), ["ADD bad net2", "DEL bad net2", "ADD b net3"]);
+        assert_eq!(
+            p.ifnames(),
+            pairs(&[("eth0", "cluster"), ("net1", "ns1/a"), ("net3", "ns1/b")])
+        );
+    }
+}

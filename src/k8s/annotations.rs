@@ -33,6 +33,44 @@ pub struct NetworkSelection {
 }
 
 impl NetworkSelection {
+    /// What the element asks besides which NAD and which interface, canonical (keys sorted,
+    /// empty ones left out): two elements with the same params ask the same of their network.
+    pub fn params(&self) -> Value {
+        let mut m = Map::new();
+        if !self.ips.is_empty() {
+            m.insert("ips".into(), Value::from(self.ips.clone()));
+        }
+        if let Some(v) = &self.mac {
+            m.insert("mac".into(), Value::from(v.clone()));
+        }
+        if !self.default_route.is_empty() {
+            let gws: Vec<String> = self.default_route.iter().map(ToString::to_string).collect();
+            m.insert("default-route".into(), Value::from(gws));
+        }
+        if let Some(v) = &self.port_mappings {
+            m.insert("portMappings".into(), v.clone());
+        }
+        if let Some(v) = &self.bandwidth {
+            m.insert("bandwidth".into(), v.clone());
+        }
+        if let Some(v) = &self.infiniband_guid {
+            m.insert("infiniband-guid".into(), Value::from(v.clone()));
+        }
+        if !self.cni_args.is_empty() {
+            m.insert("cni-args".into(), Value::Object(self.cni_args.clone()));
+        }
+        if let Some(v) = &self.ipam_claim_reference {
+            m.insert("ipam-claim-reference".into(), Value::from(v.clone()));
+        }
+        if let Some(v) = &self.device_id {
+            m.insert("deviceID".into(), Value::from(v.clone()));
+        }
+        // serde_json keeps insertion order here (preserve_order): sort for a canonical form.
+        let mut keys: Vec<(String, Value)> = m.into_iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        Value::Object(keys.into_iter().collect())
+    }
+
     /// The capability args this selection asks for, keyed as CNI capabilities.
     pub fn capability_args(&self) -> Map<String, Value> {
         let mut m = Map::new();
