@@ -81,7 +81,7 @@ impl PodNetwork {
     }
 
     /// A NAD's network, as the pod's selection element asks for it (or as the config names it).
-    fn of_nad(
+    pub(crate) fn of_nad(
         network: Network,
         nad_ref: String,
         resource: Option<String>,

@@ -86,6 +86,7 @@ fn attachment(
         device_info_file: None,
         status_name: status_name.into(),
         device: None,
+        selection: None,
     }
 }
 
@@ -119,6 +120,7 @@ fn record(
         cni_args,
         pod: pod.map(String::from),
         created: "2025-03-04T05:06:07Z".into(),
+        config: String::new(),
         attachments,
         del_attempts: 0,
     }

@@ -1,23 +1,446 @@
-//! Hot-plug: attaching and detaching networks on running pods.
+//! Hot-plug in the daemon: a reconciler that brings each running sandbox on this node in line
+//! with its pod's `k8s.v1.cni.cncf.io/networks` (through the engine's [`Engine::hotplug`], the
+//! same planner and chain as ADD), and Multus's `/delegate` API for clusters that run
+//! multus-dynamic-networks-controller.
+//!
+//! Level-triggered: every pod event queues the pod (once, however many events arrive); a worker
+//! reconciles the queue in batches once the watches have synced, reading the on-disk cache (the
+//! truth) once per batch. A pod whose annotation has not changed since it was last reconciled is
+//! skipped. A restart queues every pod of the initial list, so it resumes from the cache and the
+//! current annotation. A sandbox busy with an ADD or DEL is retried a moment later; a failed
+//! attach is retried with backoff (one Warning Event per try, at most one a minute per pod at
+//! the end of the backoff).
+//!
+//! [`Engine::hotplug`]: crate::engine::Engine::hotplug
 
 use super::server::{Daemon, InterfaceAttributes};
+use crate::cache::{Loaded, ResultCache, SandboxRecord};
 use crate::cancel::Cancel;
 use crate::cni::error::{CniError, Code};
 use crate::cni::{CniResult, Request};
+use crate::engine::hotplug::{DelegateCall, HOTPLUG_ANNOTATION, HOTPLUG_REPLACE_ANNOTATION};
+use crate::k8s::annotations::parse_networks;
+use crate::k8s::{annotation, NETWORKS_ANNOTATION};
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
-/// Multus's `/delegate` API (multus-dynamic-networks-controller).
+/// `/delegate`: one network into or out of a running sandbox, as Multus's daemon serves it to
+/// multus-dynamic-networks-controller (its `interfaceAttributes` as a selection element).
 pub fn delegate(
-    _daemon: &Daemon,
+    daemon: &Daemon,
     req: &Request,
-    _attributes: Option<&InterfaceAttributes>,
-    _cancel: &Cancel,
+    attributes: Option<&InterfaceAttributes>,
+    config: &[u8],
+    cancel: &Cancel,
 ) -> Result<Option<CniResult>, CniError> {
-    Err(CniError::new(
-        Code::UNSUPPORTED_FIELD,
-        format!(
-            "{} for {}: the /delegate API is not served by this plexus daemon",
-            req.command(),
-            req.who()
-        ),
-    ))
+    req.require()?;
+    let name = serde_json::from_slice::<serde_json::Value>(config)
+        .ok()
+        .and_then(|v| v.get("name")?.as_str().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            CniError::new(
+                Code::INVALID_CONFIG,
+                format!(
+                    "{} for {} (/delegate): the config has no network name",
+                    req.command(),
+                    req.who()
+                ),
+            )
+        })?;
+    // The attributes become a selection element, parsed by the annotation's own parser.
+    let mut element = serde_json::Map::new();
+    element.insert("name".into(), name.into());
+    if let Some(a) = attributes {
+        if !a.ips.is_empty() {
+            element.insert("ips".into(), a.ips.clone().into());
+        }
+        if !a.mac.is_empty() {
+            element.insert("mac".into(), a.mac.clone().into());
+        }
+        if let Some(args) = &a.cni_args {
+            element.insert("cni-args".into(), args.clone().into());
+        }
+    }
+    let selection = parse_networks(&serde_json::Value::from(vec![element]).to_string())
+        .map_err(|e| e.context(format!("{} for {} (/delegate)", req.command(), req.who())))?
+        .pop()
+        .expect("one element");
+    let cni_dir = daemon.default_cni_dir();
+    daemon.engine.delegate(
+        &DelegateCall {
+            req,
+            config,
+            selection: &selection,
+            cancel,
+        },
+        &cni_dir,
+        &|b| daemon.config.merge(b),
+    )
+}
+
+type PodKey = (String, String);
+
+/// What a pod looked like when it was last reconciled: hot-plug runs again only when this
+/// changes, or a retry is due.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Signature {
+    uid: String,
+    networks: Option<String>,
+    replace: Option<String>,
+    opted_out: bool,
+}
+
+fn signature(pod: &Pod) -> Signature {
+    Signature {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        networks: annotation(pod, NETWORKS_ANNOTATION).map(str::to_string),
+        replace: annotation(pod, HOTPLUG_REPLACE_ANNOTATION).map(str::to_string),
+        opted_out: annotation(pod, HOTPLUG_ANNOTATION) == Some("false"),
+    }
+}
+
+struct Seen {
+    signature: Signature,
+    /// Failures so far (for the backoff); 0 once reconciled cleanly.
+    failures: u32,
+}
+
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<PodKey>,
+    queued: HashSet<PodKey>,
+    /// Pods to reconcile even if unchanged (after an ADD of theirs).
+    forced: HashSet<PodKey>,
+    /// Retries not due yet.
+    later: Vec<(Instant, PodKey)>,
+}
+
+/// The reconciler: a queue of pods (each at most once) and one worker.
+pub struct Reconciler {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    seen: Mutex<HashMap<PodKey, Seen>>,
+}
+
+/// How long a busy sandbox waits before the next try, and the longest backoff of a failure.
+const BUSY_RETRY: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Pods reconciled per batch (one cache read each).
+const BATCH: usize = 256;
+
+impl Reconciler {
+    pub fn new() -> Arc<Reconciler> {
+        Arc::new(Reconciler {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Queue a pod (the watch hook: cheap, never blocks on I/O).
+    pub fn enqueue(&self, pod: &Pod) {
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            return;
+        };
+        let key = (ns.clone(), name.clone());
+        if let Some(s) = self.seen.lock().expect("not poisoned").get(&key) {
+            if s.failures == 0 && s.signature == signature(pod) {
+                return;
+            }
+        }
+        self.push(key, false);
+    }
+
+    /// Queue a pod whose sandbox was just ADDed, so an annotation change during that ADD is
+    /// not missed.
+    pub fn enqueue_after_add(&self, namespace: &str, name: &str) {
+        self.push((namespace.to_string(), name.to_string()), true);
+    }
+
+    fn push(&self, key: PodKey, force: bool) {
+        let mut q = self.queue.lock().expect("not poisoned");
+        if force {
+            q.forced.insert(key.clone());
+        }
+        if q.queued.insert(key.clone()) {
+            q.order.push_back(key);
+            drop(q);
+            self.wake.notify_one();
+        }
+    }
+
+    fn retry_at(&self, at: Instant, key: PodKey) {
+        let mut q = self.queue.lock().expect("not poisoned");
+        if !q.later.iter().any(|(_, k)| *k == key) {
+            q.later.push((at, key));
+        }
+    }
+
+    /// The next batch, with what must be forced; due retries first join the queue.
+    fn take(&self) -> Vec<(PodKey, bool)> {
+        let mut q = self.queue.lock().expect("not poisoned");
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut q.later)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        q.later = later;
+        for (_, k) in due {
+            if q.queued.insert(k.clone()) {
+                q.order.push_back(k);
+            }
+        }
+        let n = q.order.len().min(BATCH);
+        let batch: Vec<PodKey> = q.order.drain(..n).collect();
+        batch
+            .into_iter()
+            .map(|k| {
+                q.queued.remove(&k);
+                let forced = q.forced.remove(&k);
+                (k, forced)
+            })
+            .collect()
+    }
+
+    /// Queued and pending retries (for tests and the log).
+    pub fn backlog(&self) -> usize {
+        let q = self.queue.lock().expect("not poisoned");
+        q.order.len() + q.later.len()
+    }
+
+    /// The worker: until `stop`, reconcile batches once the watches have synced.
+    pub async fn run(
+        self: Arc<Self>,
+        daemon: Arc<Daemon>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(view) = daemon.watch.clone() else {
+            return;
+        };
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if view.synced() {
+                let batch = self.take();
+                if !batch.is_empty() {
+                    let (me, d) = (self.clone(), daemon.clone());
+                    // A panic in one batch is logged and the worker carries on.
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || me.reconcile(&d, batch)).await
+                    {
+                        tracing::error!("hot-plug: a reconcile batch failed: {e}; carrying on");
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    fn reconcile(&self, daemon: &Daemon, batch: Vec<(PodKey, bool)>) {
+        let Some(view) = daemon.watch.as_ref() else {
+            return;
+        };
+        let mut index: Option<HashMap<String, Vec<(PathBuf, SandboxRecord)>>> = None;
+        for ((ns, name), forced) in batch {
+            if daemon
+                .shutting_down
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return;
+            }
+            let key = (ns.clone(), name.clone());
+            let Some(pod) = view.cached_pod(&ns, &name) else {
+                self.seen.lock().expect("not poisoned").remove(&key);
+                continue;
+            };
+            let sig = signature(&pod);
+            let previous_failures = {
+                let seen = self.seen.lock().expect("not poisoned");
+                match seen.get(&key) {
+                    Some(s) if !forced && s.failures == 0 && s.signature == sig => continue,
+                    Some(s) => s.failures,
+                    None => 0,
+                }
+            };
+            if sig.opted_out || pod.metadata.deletion_timestamp.is_some() {
+                self.done(key, sig, 0);
+                continue;
+            }
+            let index = index.get_or_insert_with(|| records_by_pod(daemon));
+            let mine: Vec<(PathBuf, SandboxRecord)> = index
+                .get(&format!("{ns}/{name}"))
+                .map(|v| {
+                    v.iter()
+                        .filter(|(_, r)| record_of(r, &sig.uid))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            if mine.is_empty() {
+                // Not ours (or not ADDed yet: the ADD queues it again when done).
+                self.done(key, sig, 0);
+                continue;
+            }
+            let mut busy = false;
+            let mut failed = false;
+            for (dir, record) in &mine {
+                let started = Instant::now();
+                let cancel = Cancel::never();
+                let out = daemon.engine.hotplug(
+                    &pod,
+                    &record.key(),
+                    dir,
+                    &|b| daemon.config.merge(b),
+                    &cancel,
+                );
+                let took = started.elapsed();
+                match out {
+                    Ok(o) => {
+                        for a in &o.attached {
+                            daemon.metrics.observe_hotplug("attach", "ok");
+                            tracing::info!(pod = %format!("{ns}/{name}"), container = %record.container_id, took_ms = took.as_millis() as u64, "hot-plug: attached {a}");
+                        }
+                        for d in &o.detached {
+                            daemon.metrics.observe_hotplug("detach", "ok");
+                            tracing::info!(pod = %format!("{ns}/{name}"), container = %record.container_id, took_ms = took.as_millis() as u64, "hot-plug: detached {d}");
+                        }
+                        for (op, e) in &o.failed {
+                            daemon.metrics.observe_hotplug(op, "failed");
+                            tracing::warn!(pod = %format!("{ns}/{name}"), container = %record.container_id, "hot-plug: {op} failed: {e}");
+                            failed = true;
+                        }
+                        if let Some(e) = &o.refused {
+                            daemon.metrics.observe_hotplug("plan", "refused");
+                            tracing::warn!(pod = %format!("{ns}/{name}"), container = %record.container_id, "hot-plug: annotation refused, nothing changed: {e}");
+                        }
+                    }
+                    Err(e) if e.code == Code::TRY_AGAIN_LATER => {
+                        tracing::debug!("hot-plug of {ns}/{name}: {e}; retrying");
+                        busy = true;
+                    }
+                    Err(e) => {
+                        daemon.metrics.observe_hotplug("plan", "failed");
+                        tracing::warn!(pod = %format!("{ns}/{name}"), container = %record.container_id, "hot-plug failed: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if busy {
+                self.retry_at(Instant::now() + BUSY_RETRY, key);
+            } else if failed {
+                let failures = previous_failures + 1;
+                let backoff = Duration::from_secs(1u64 << failures.min(6)).min(MAX_BACKOFF);
+                self.done(key.clone(), sig, failures);
+                self.retry_at(Instant::now() + backoff, key);
+            } else {
+                self.done(key, sig, 0);
+            }
+        }
+    }
+
+    fn done(&self, key: PodKey, signature: Signature, failures: u32) {
+        self.seen.lock().expect("not poisoned").insert(
+            key,
+            Seen {
+                signature,
+                failures,
+            },
+        );
+    }
+}
+
+/// A record of this pod, not of an earlier pod of the same name.
+fn record_of(r: &SandboxRecord, uid: &str) -> bool {
+    match crate::cni::request::parse_cni_args(&r.cni_args)
+        .ok()
+        .and_then(|a| a.into_iter().find(|(k, _)| k == "K8S_POD_UID"))
+    {
+        Some((_, u)) if !uid.is_empty() => u == uid,
+        _ => true,
+    }
+}
+
+/// Every sandbox record the daemon's cache dirs hold, by `namespace/name` of its pod.
+fn records_by_pod(daemon: &Daemon) -> HashMap<String, Vec<(PathBuf, SandboxRecord)>> {
+    let mut out: HashMap<String, Vec<(PathBuf, SandboxRecord)>> = HashMap::new();
+    for dir in daemon.cni_dirs() {
+        for (_, l) in ResultCache::new(&dir).all() {
+            if let Loaded::Found(r) = l {
+                if let Some(p) = r.pod.clone() {
+                    out.entry(p).or_default().push((dir.clone(), r));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(networks: &str) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"namespace": "ns1", "name": "p", "uid": "u1",
+            "annotations": {NETWORKS_ANNOTATION: networks}}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_is_queued_once_and_unchanged_pods_are_skipped() {
+        let r = Reconciler::new();
+        r.enqueue(&pod("a"));
+        r.enqueue(&pod("a"));
+        r.enqueue(&pod("a, b"));
+        assert_eq!(r.backlog(), 1, "queued once however many events");
+        let batch = r.take();
+        assert_eq!(batch, vec![(("ns1".into(), "p".into()), false)]);
+        r.done(("ns1".into(), "p".into()), signature(&pod("a, b")), 0);
+        r.enqueue(&pod("a, b"));
+        assert_eq!(r.backlog(), 0, "unchanged since reconciled");
+        r.enqueue(&pod("a"));
+        assert_eq!(r.backlog(), 1, "changed");
+        r.take();
+        // After an ADD the pod is forced through even if unchanged.
+        r.enqueue_after_add("ns1", "p");
+        assert_eq!(r.take(), vec![(("ns1".into(), "p".into()), true)]);
+    }
+
+    #[test]
+    fn failures_are_retried_later_not_now() {
+        let r = Reconciler::new();
+        let k: PodKey = ("ns1".into(), "p".into());
+        r.done(k.clone(), signature(&pod("a")), 1);
+        r.retry_at(Instant::now() + Duration::from_secs(60), k.clone());
+        assert!(r.take().is_empty(), "not due");
+        r.retry_at(Instant::now(), k.clone());
+        assert_eq!(r.backlog(), 1, "one retry per pod");
+        // A failed pod's event queues it again (its signature is not clean).
+        r.enqueue(&pod("a"));
+        assert_eq!(r.take().len(), 1);
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_pod_of_the_same_name_is_not_this_pods() {
+        let mut rec: SandboxRecord = serde_json::from_value(json!({"kind": "plexus/sandbox",
+            "containerId": "c1", "netns": "/n", "ifName": "eth0", "cniArgs": "K8S_POD_UID=u0",
+            "created": "x", "attachments": []}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!record_of(&rec, "u1"));
+        assert!(record_of(&rec, "u0"));
+        rec.cni_args = String::new();
+        assert!(record_of(&rec, "u1"), "no uid recorded: by name");
+    }
 }

@@ -92,13 +92,17 @@ async fn serve(
         Blocking::Shared(tokio::runtime::Handle::current()),
         client.clone(),
     );
+    let reconciler = config.hotplug.then(hotplug::Reconciler::new);
+    let on_pod = reconciler.clone().map(|r| {
+        Arc::new(move |p: &k8s_openapi::api::core::v1::Pod| r.enqueue(p)) as watch::PodHook
+    });
     let view = watch::WatchView::start(
         client.clone(),
         api,
         &node,
         config.pod_wait,
         metrics.clone(),
-        None,
+        on_pod,
     );
     let m = metrics.clone();
     let engine = Engine {
@@ -116,6 +120,7 @@ async fn serve(
     };
     let mut daemon = server::Daemon::new(config.clone(), engine, metrics.clone(), ready);
     daemon.watch = Some(view.clone());
+    daemon.hotplug = reconciler.clone();
     let daemon = Arc::new(daemon);
 
     let listener = bind(&config)?;
@@ -126,6 +131,7 @@ async fn serve(
         let stop = stop_rx.clone();
         tokio::spawn(async move { auto.run(installed, stop).await })
     });
+    let hotplug_task = reconciler.map(|r| tokio::spawn(r.run(daemon.clone(), stop_rx.clone())));
     if let Some(port) = config.metrics_port {
         let d = daemon.clone();
         let tcp = tokio::net::TcpListener::bind(("0.0.0.0", port))
@@ -171,6 +177,11 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("calls still in flight after {:?}; exiting anyway (their records stay in the cache for DEL)", config.shutdown_grace);
+    }
+    if let Some(t) = hotplug_task {
+        // The reconciler stops between pods; one in progress finishes (or, past the grace, is
+        // rolled back by the next daemon from its pending record).
+        let _ = tokio::time::timeout(config.shutdown_grace, t).await;
     }
     if let Some(t) = auto_task {
         let _ = t.await;

@@ -81,6 +81,10 @@ pub struct Daemon {
     pub shutting_down: AtomicBool,
     /// The watch cache, for `/plexus/v1/pod` (what `plexus inspect` asks).
     pub watch: Option<Arc<super::watch::WatchView>>,
+    /// The hot-plug reconciler (`hotplug: true`).
+    pub hotplug: Option<Arc<super::hotplug::Reconciler>>,
+    /// Every `cniDir` a request used, besides the default one (where hot-plug looks).
+    cni_dirs: Mutex<std::collections::BTreeSet<std::path::PathBuf>>,
     locks: Arc<ContainerLocks>,
     permits: Arc<Semaphore>,
 }
@@ -100,6 +104,8 @@ impl Daemon {
             ready,
             shutting_down: AtomicBool::new(false),
             watch: None,
+            hotplug: None,
+            cni_dirs: Mutex::new(Default::default()),
             locks: Arc::new(ContainerLocks::default()),
             permits,
         }
@@ -107,6 +113,22 @@ impl Daemon {
 
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::SeqCst) && (self.ready)()
+    }
+
+    /// The `cniDir` of a request that sets none: the daemon's `cniDir`, or the default.
+    pub fn default_cni_dir(&self) -> std::path::PathBuf {
+        self.config
+            .merge(br#"{"cniVersion":"1.0.0","name":"plexus"}"#)
+            .and_then(|b| NetConf::parse(&b))
+            .map(|c| c.cni_dir)
+            .unwrap_or_else(|_| crate::config::DEFAULT_CNI_DIR.into())
+    }
+
+    /// Where sandbox records may be: the default `cniDir` and every one a request used.
+    pub fn cni_dirs(&self) -> Vec<std::path::PathBuf> {
+        let mut dirs = self.cni_dirs.lock().expect("not poisoned").clone();
+        dirs.insert(self.default_cni_dir());
+        dirs.into_iter().collect()
     }
 }
 
@@ -359,11 +381,24 @@ impl Daemon {
         }
         req.require()?;
         let conf = NetConf::parse(&merged?)?;
-        self.engine.run(&Call {
+        {
+            let mut dirs = self.cni_dirs.lock().expect("not poisoned");
+            if !dirs.contains(&conf.cni_dir) && dirs.len() < 64 {
+                dirs.insert(conf.cni_dir.clone());
+            }
+        }
+        let out = self.engine.run(&Call {
             req,
             conf: &conf,
             cancel,
-        })
+        });
+        if let (Ok(Some(_)), Some(h), Some(pod)) =
+            (&out, &self.hotplug, crate::k8s::PodRef::from_request(req))
+        {
+            // An annotation change while this ADD ran is reconciled now.
+            h.enqueue_after_add(&pod.namespace, &pod.name);
+        }
+        out
     }
 
     /// `/delegate`: see the hot-plug module.
@@ -373,7 +408,7 @@ impl Daemon {
         attributes: Option<&InterfaceAttributes>,
         cancel: &Cancel,
     ) -> Result<Option<CniResult>, CniError> {
-        super::hotplug::delegate(self, req, attributes, cancel)
+        super::hotplug::delegate(self, req, attributes, &req.stdin, cancel)
     }
 }
 

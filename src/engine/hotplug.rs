@@ -15,10 +15,14 @@ use crate::cancel::Cancel;
 use crate::chain::Chain;
 use crate::cni::error::{invalid_config, CniError, Code};
 use crate::cni::request::parse_cni_args;
-use crate::cni::{Command, Request};
+use crate::cni::{CniResult, Command, Request};
 use crate::config::{ConfDir, NetConf};
-use crate::k8s::{annotation, ClusterView};
-use crate::plan::{declares, plan_hotplug, resolve, SelectionRef, Sources};
+use crate::k8s::annotations::NetworkSelection;
+use crate::k8s::nad::NetworkAttachmentDefinitionSpec;
+use crate::k8s::{annotation, ClusterView, NetworkAttachmentDefinition, NETWORK_STATUS_ANNOTATION};
+use crate::plan::{
+    declares, nad_network, plan_hotplug, resolve, Attachment, PodNetwork, SelectionRef, Sources,
+};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -39,8 +43,11 @@ pub struct Outcome {
     pub detached: Vec<String>,
     /// The new annotation was refused as a whole: nothing changed.
     pub refused: Option<CniError>,
-    /// Attaches or detaches that failed (each rolled back or kept for the runtime's DEL).
-    pub failed: Vec<CniError>,
+    /// Attaches (`"attach"`) or detaches (`"detach"`) that failed: a failed attach is rolled
+    /// back, a failed detach stays in the record for the runtime's DEL.
+    pub failed: Vec<(&'static str, CniError)>,
+    /// Attaches a crashed hot-plug left pending, rolled back before reconciling.
+    pub rolled_back: usize,
 }
 
 impl Outcome {
@@ -85,10 +92,15 @@ fn identity(s: &SelectionRef) -> (&str, Option<&str>, usize) {
     (&s.nad, s.interface.as_deref(), s.occurrence)
 }
 
+/// How long a hot-plug waits for a call holding the sandbox (an ADD or DEL) before it gives up
+/// for now (the daemon retries; a DEL that removed the record ends it).
+pub const HOTPLUG_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 impl Engine {
     /// Reconcile one sandbox of `pod` (its record's key) with the pod's annotation. The record's
     /// lock is held throughout (the runtime's DEL waits, then tears down all of it); `merge`
-    /// lays the daemon's plugin keys over the config the sandbox was ADDed with.
+    /// lays the daemon's plugin keys over the config the sandbox was ADDed with. One Event per
+    /// attach and per detach, and a Warning for a refused annotation or a failure.
     pub fn hotplug(
         &self,
         pod: &Pod,
@@ -97,14 +109,54 @@ impl Engine {
         merge: &dyn Fn(&[u8]) -> Result<Vec<u8>, CniError>,
         cancel: &Cancel,
     ) -> Result<Outcome, CniError> {
+        let out = self.reconcile(pod, key, cni_dir, merge, cancel)?;
+        if let (Some(c), false) = (self.cluster.as_deref(), cancel.is_cancelled()) {
+            if let Some(e) = &out.refused {
+                c.event(pod, true, "HotplugRefused", &e.msg);
+            }
+            for a in &out.attached {
+                c.event(pod, false, "AddedInterface", &format!("Hot-plugged {a}"));
+            }
+            for d in &out.detached {
+                c.event(
+                    pod,
+                    false,
+                    "RemovedInterface",
+                    &format!("Hot-unplugged {d}"),
+                );
+            }
+            for (op, e) in &out.failed {
+                let reason = if *op == "attach" {
+                    "FailedAttach"
+                } else {
+                    "FailedDetach"
+                };
+                c.event(pod, true, reason, &e.msg);
+            }
+        }
+        Ok(out)
+    }
+
+    fn reconcile(
+        &self,
+        pod: &Pod,
+        key: &Key<'_>,
+        cni_dir: &Path,
+        merge: &dyn Fn(&[u8]) -> Result<Vec<u8>, CniError>,
+        cancel: &Cancel,
+    ) -> Result<Outcome, CniError> {
         let cache = ResultCache::new(cni_dir);
-        let lock = cache.lock(key, Instant::now() + Duration::from_secs(10), cancel)?;
+        let lock = cache.lock(key, Instant::now() + HOTPLUG_LOCK_WAIT, cancel)?;
         let Loaded::Found(mut record) = cache.load(key) else {
             // The runtime's DEL got there first.
             return Ok(Outcome::default());
         };
-        if record.attachments.iter().any(|a| a.result.is_none()) {
-            // An ADD never finished (a crash): the runtime retries or DELs; leave it.
+        if record
+            .attachments
+            .iter()
+            .any(|a| a.cluster && a.result.is_none())
+        {
+            // The sandbox's ADD never finished (a crash): the runtime retries or DELs; leave it.
             return Ok(Outcome::default());
         }
         if record.config.is_empty() {
@@ -119,6 +171,49 @@ impl Engine {
             None => Arc::new(ConfDir(conf.conf_dir.clone())),
         };
         let mut out = Outcome::default();
+        let req = Request {
+            command: Some(Command::Add),
+            container_id: Some(record.container_id.clone()),
+            netns: Some(record.netns.clone()),
+            ifname: Some(record.if_name.clone()),
+            args: parse_cni_args(&record.cni_args).unwrap_or_default(),
+            args_raw: record.cni_args.clone(),
+            ..Default::default()
+        };
+        let chain = Chain {
+            who: format!("{} (hot-plug)", req.who()),
+            cni_args: record.cni_args.clone(),
+            ..self.chain_for_call(&req, &conf, cancel.clone(), None)
+        };
+        // Attaches a hot-plug killed midway left pending: undo them (their DEL may find nothing),
+        // then reconcile from what is really there.
+        let before = record.attachments.len();
+        let mut kept = Vec::with_capacity(before);
+        for a in std::mem::take(&mut record.attachments) {
+            if a.result.is_some() {
+                kept.push(a);
+                continue;
+            }
+            let one = SandboxRecord {
+                attachments: vec![a.clone()],
+                ..record.clone()
+            };
+            if chain.del_attachments(&one).is_empty() {
+                tracing::warn!(
+                    "{}: rolled back {} ({}), left pending by an interrupted hot-plug",
+                    chain.who,
+                    a.ifname,
+                    a.status_name
+                );
+                out.rolled_back += 1;
+            } else {
+                kept.push(a);
+            }
+        }
+        record.attachments = kept;
+        if out.rolled_back > 0 {
+            cache.store(&record)?;
+        }
         // What the pod asks for now, planned exactly as an ADD would.
         let networks = match resolve(
             &conf,
@@ -178,6 +273,7 @@ impl Engine {
             }
         }
         if remove.is_empty() && add.is_empty() {
+            self.sync_status(pod, &conf, &record, cancel)?;
             return Ok(out);
         }
         // Names: what stays keeps its own; new ones must not collide with anything in the pod.
@@ -206,27 +302,17 @@ impl Engine {
             .collect();
         let mut taken = staying.clone();
         taken.extend(in_pod);
-        let mut planned = match plan_hotplug(&taken, add) {
+        let planned = match plan_hotplug(&taken, add) {
             Ok(p) => p,
             Err(e) => {
                 out.refused = Some(e);
                 return Ok(out);
             }
         };
-        let req = Request {
-            command: Some(Command::Add),
-            container_id: Some(record.container_id.clone()),
-            netns: Some(record.netns.clone()),
-            ifname: Some(record.if_name.clone()),
-            args: parse_cni_args(&record.cni_args).unwrap_or_default(),
-            args_raw: record.cni_args.clone(),
-            ..Default::default()
-        };
-        let chain = Chain {
-            who: format!("{} (hot-plug)", req.who()),
-            cni_args: record.cni_args.clone(),
-            ..self.chain_for_call(&req, &conf, cancel.clone(), None)
-        };
+        if let Err(e) = chain.preflight(&planned) {
+            out.refused = Some(e);
+            return Ok(out);
+        }
         // Detach first (in reverse), so a name being given back is free for the new ones. One
         // whose DEL fails stays in the record, for the runtime's DEL.
         let mut detached: Vec<usize> = Vec::new();
@@ -242,7 +328,7 @@ impl Engine {
                         .push(format!("{} from {}", a.ifname, a.status_name));
                     detached.push(i);
                 }
-                Some((_, e)) => out.failed.push(e),
+                Some((_, e)) => out.failed.push(("detach", e)),
             }
         }
         let mut i = 0;
@@ -252,68 +338,39 @@ impl Engine {
         });
         cache.store(&record)?;
         // Attach, each on its own: a failure rolls back only that one.
-        for a in planned.iter_mut() {
-            if a.device.is_some() && declares(&a.network, "CNIDeviceInfoFile") {
-                let file = crate::k8s::devices::cni_device_info_path(
-                    &conf.device_info_dir,
-                    &a.status_name,
-                    &record.container_id,
-                    &a.ifname,
-                );
-                if let Some(dir) = file.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                a.inputs.capability_args.insert(
-                    "CNIDeviceInfoFile".into(),
-                    Value::String(file.display().to_string()),
-                );
-                a.device_info_file = Some(file.display().to_string());
-            }
-        }
-        for a in &planned {
-            record.attachments.push(pending(a));
-            cache.store(&record)?;
-            let at = record.attachments.len() - 1;
-            let result = chain.check_live().and_then(|()| {
-                chain.run_network(
-                    Command::Add,
-                    &a.network,
-                    &a.ifname,
-                    &a.inputs,
-                    None,
-                    &Map::new(),
-                )
-            });
-            match result {
-                Ok(Some(r)) => {
-                    record.attachments[at].result = Some(r.to_value(a.network.cni_version)?);
+        for mut a in planned {
+            device_info_file(&conf, &record.container_id, &mut a);
+            match attach_one(&chain, &cache, &mut record, &a) {
+                Ok(r) => {
                     let ips: Vec<&str> = r.ips.iter().map(|i| i.address.as_str()).collect();
                     out.attached
                         .push(format!("{} {:?} from {}", a.ifname, ips, a.status_name));
                 }
-                Ok(None) => unreachable!("ADD returns a result"),
-                Err(e) => {
-                    let e = e.context(format!("hot-plug of {} into {}", a.status_name, chain.who));
-                    let one = SandboxRecord {
-                        attachments: vec![record.attachments[at].clone()],
-                        ..record.clone()
-                    };
-                    if chain.del_attachments(&one).is_empty() {
-                        record.attachments.pop();
-                    }
-                    out.failed.push(e);
-                }
-            }
-            cache.store(&record)?;
-        }
-        // One status write for the change, unless the call was given up.
-        if out.changed() && !cancel.is_cancelled() {
-            if let Some(c) = self.cluster.as_deref() {
-                c.set_network_status(pod, &network_status(&conf, &record))?;
+                Err(e) => out.failed.push(("attach", e)),
             }
         }
+        self.sync_status(pod, &conf, &record, cancel)?;
         drop(lock);
         Ok(out)
+    }
+
+    /// One status write when the pod's network-status is not what the record says (a change
+    /// now, or one a crash kept from being written), none otherwise; none for a given-up call.
+    fn sync_status(
+        &self,
+        pod: &Pod,
+        conf: &NetConf,
+        record: &SandboxRecord,
+        cancel: &Cancel,
+    ) -> Result<(), CniError> {
+        let Some(c) = self.cluster.as_deref() else {
+            return Ok(());
+        };
+        let status = network_status(conf, record);
+        if cancel.is_cancelled() || annotation(pod, NETWORK_STATUS_ANNOTATION) == Some(&status) {
+            return Ok(());
+        }
+        c.set_network_status(pod, &status)
     }
 
     fn chain_for_call(
@@ -328,5 +385,284 @@ impl Engine {
             chroot: self.chroot.clone(),
             ..super::chain_for(req, conf, cancel, deadline)
         }
+    }
+}
+
+/// Ask the CNI for a device-info file (NPWG) for a device-backed attachment that declares it.
+fn device_info_file(conf: &NetConf, container_id: &str, a: &mut Attachment) {
+    if a.device.is_none() || !declares(&a.network, "CNIDeviceInfoFile") {
+        return;
+    }
+    let file = crate::k8s::devices::cni_device_info_path(
+        &conf.device_info_dir,
+        &a.status_name,
+        container_id,
+        &a.ifname,
+    );
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    a.inputs.capability_args.insert(
+        "CNIDeviceInfoFile".into(),
+        Value::String(file.display().to_string()),
+    );
+    a.device_info_file = Some(file.display().to_string());
+}
+
+/// ADD one attachment into a running sandbox's record. It is stored pending first, so a crash
+/// midway leaves a trace the next reconcile undoes; a failure is rolled back (DEL) and leaves the
+/// record as it was (unless that DEL fails too: then it stays, for the runtime's DEL).
+fn attach_one(
+    chain: &Chain,
+    cache: &ResultCache,
+    record: &mut SandboxRecord,
+    a: &Attachment,
+) -> Result<CniResult, CniError> {
+    record.attachments.push(pending(a));
+    if let Err(e) = cache.store(record) {
+        record.attachments.pop();
+        return Err(e);
+    }
+    let at = record.attachments.len() - 1;
+    let result = chain
+        .check_live()
+        .and_then(|()| {
+            chain.run_network(
+                Command::Add,
+                &a.network,
+                &a.ifname,
+                &a.inputs,
+                None,
+                &Map::new(),
+            )
+        })
+        .and_then(|r| {
+            r.ok_or_else(|| CniError::new(Code::DELEGATE_BAD_OUTPUT, "ADD printed no result"))
+        })
+        .and_then(|r| {
+            record.attachments[at].result = Some(r.to_value(a.network.cni_version)?);
+            Ok(r)
+        });
+    match result {
+        Ok(r) => {
+            cache.store(record)?;
+            Ok(r)
+        }
+        Err(e) => {
+            let e = e.context(format!("hot-plug of {} into {}", a.status_name, chain.who));
+            record.attachments[at].result = None;
+            let one = SandboxRecord {
+                attachments: vec![record.attachments[at].clone()],
+                ..record.clone()
+            };
+            if chain.del_attachments(&one).is_empty() {
+                record.attachments.pop();
+            }
+            cache.store(record)?;
+            Err(e)
+        }
+    }
+}
+
+/// What Multus's `/delegate` asks (multus-dynamic-networks-controller): one NAD's config
+/// attached to, removed from, or checked in a running sandbox, under `CNI_IFNAME`.
+pub struct DelegateCall<'a> {
+    pub req: &'a Request,
+    /// The NAD's `spec.config` (its `name` filled in), as the controller sends it.
+    pub config: &'a [u8],
+    /// The element's `ips`, `mac` and `cni-args`, as a selection element.
+    pub selection: &'a NetworkSelection,
+    pub cancel: &'a Cancel,
+}
+
+impl Engine {
+    /// `/delegate`: ADD, DEL or CHECK one network in a sandbox plexus holds in `cni_dir`, with
+    /// the same loading, checks and chain as a NAD of the pod's annotation. The attachment goes
+    /// into the sandbox's record (not tied to an annotation element, so the native reconciler
+    /// leaves it alone) and the runtime's DEL tears it down with the rest. Like Multus, it does
+    /// not write network-status (the controller does); it does emit the Event.
+    pub fn delegate(
+        &self,
+        call: &DelegateCall<'_>,
+        cni_dir: &Path,
+        merge: &dyn Fn(&[u8]) -> Result<Vec<u8>, CniError>,
+    ) -> Result<Option<CniResult>, CniError> {
+        let req = call.req;
+        let verb = req.command();
+        let who = format!("{verb} for {} (/delegate)", req.who());
+        let (id, ifname) = (req.container_id(), req.ifname());
+        let cache = ResultCache::new(cni_dir);
+        let found = cache.all().into_iter().find_map(|(_, l)| match l {
+            Loaded::Found(r) if r.container_id == id => Some(r),
+            _ => None,
+        });
+        let Some(found) = found else {
+            if verb == Command::Del {
+                return Ok(None);
+            }
+            return Err(CniError::new(
+                Code::UNKNOWN_CONTAINER,
+                format!(
+                    "{who}: container {id} has no plexus record in {}; /delegate works on sandboxes plexus attached",
+                    cni_dir.display()
+                ),
+            ));
+        };
+        let key = found.key();
+        let lock = cache.lock(&key, Instant::now() + HOTPLUG_LOCK_WAIT, call.cancel)?;
+        let Loaded::Found(mut record) = cache.load(&key) else {
+            return match verb {
+                Command::Del => Ok(None),
+                _ => Err(CniError::new(
+                    Code::UNKNOWN_CONTAINER,
+                    format!("{who}: the sandbox was deleted meanwhile"),
+                )),
+            };
+        };
+        if record.config.is_empty() {
+            return Err(invalid_config(format!(
+                "{who}: the record of container {id} was written by a plexus that did not keep its config"
+            )));
+        }
+        let conf = NetConf::parse(&merge(record.config.as_bytes())?)?;
+        let namespace = req
+            .arg("K8S_POD_NAMESPACE")
+            .map(str::to_string)
+            .or_else(|| record.pod.as_deref()?.split('/').next().map(str::to_string))
+            .unwrap_or_default();
+        let name = serde_json::from_slice::<Value>(call.config)
+            .ok()
+            .and_then(|v| v.get("name")?.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let nad_ref = format!("{namespace}/{name}");
+        let nad = NetworkAttachmentDefinition {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some(namespace.clone()),
+                name: Some(name),
+                ..Default::default()
+            },
+            spec: NetworkAttachmentDefinitionSpec {
+                config: String::from_utf8_lossy(call.config).into_owned(),
+            },
+        };
+        let files: Arc<dyn crate::config::NetworkFiles> = match &self.files {
+            Some(f) => f.clone(),
+            None => Arc::new(ConfDir(conf.conf_dir.clone())),
+        };
+        let network =
+            nad_network(&conf, files.as_ref(), &nad, &nad_ref).map_err(|e| e.context(&who))?;
+        let chain = Chain {
+            who: format!("{} (/delegate)", req.who()),
+            cni_args: record.cni_args.clone(),
+            ..self.chain_for_call(req, &conf, call.cancel.clone(), None)
+        };
+        let pod = match (
+            self.cluster.as_deref(),
+            crate::k8s::PodRef::from_request(req),
+        ) {
+            (Some(c), Some(r)) => c
+                .pod(&r.namespace, &r.name, r.uid.as_deref())
+                .ok()
+                .flatten(),
+            _ => None,
+        };
+        let report = |warning: bool, reason: &str, msg: &str| {
+            if let (Some(c), Some(p)) = (self.cluster.as_deref(), &pod) {
+                if !call.cancel.is_cancelled() {
+                    c.event(p, warning, reason, msg);
+                }
+            }
+        };
+        let existing = record
+            .attachments
+            .iter()
+            .position(|a| a.ifname == ifname && !a.cluster);
+        let out = match verb {
+            Command::Add => {
+                if record.attachments.iter().any(|a| a.ifname == ifname) {
+                    return Err(invalid_config(format!(
+                        "{who}: interface {ifname} is already attached in the sandbox"
+                    )));
+                }
+                let mut sel = call.selection.clone();
+                sel.interface = Some(ifname.to_string());
+                let pn = PodNetwork::of_nad(network, nad_ref.clone(), None, Some(&sel));
+                let taken: Vec<String> = record
+                    .attachments
+                    .iter()
+                    .map(|a| a.ifname.clone())
+                    .chain(self.netns.link_names(&record.netns).unwrap_or_default())
+                    .collect();
+                let mut planned = plan_hotplug(&taken, vec![pn])
+                    .map_err(|e| e.context(&who))?
+                    .pop()
+                    .expect("one planned");
+                planned.selection = None;
+                chain.preflight(std::slice::from_ref(&planned))?;
+                device_info_file(&conf, id, &mut planned);
+                match attach_one(&chain, &cache, &mut record, &planned) {
+                    Ok(r) => {
+                        let ips: Vec<&str> = r.ips.iter().map(|i| i.address.as_str()).collect();
+                        report(
+                            false,
+                            "AddedInterface",
+                            &format!("Added interface {ifname} {ips:?} from {nad_ref} (/delegate)"),
+                        );
+                        Ok(Some(r))
+                    }
+                    Err(e) => {
+                        report(true, "FailedAttach", &e.msg);
+                        Err(e)
+                    }
+                }
+            }
+            Command::Del => {
+                let Some(i) = existing else {
+                    return Ok(None);
+                };
+                let one = SandboxRecord {
+                    attachments: vec![record.attachments[i].clone()],
+                    ..record.clone()
+                };
+                match chain.del_attachments(&one).pop() {
+                    None => {
+                        record.attachments.remove(i);
+                        cache.store(&record)?;
+                        report(
+                            false,
+                            "RemovedInterface",
+                            &format!("Removed interface {ifname} of {nad_ref} (/delegate)"),
+                        );
+                        Ok(None)
+                    }
+                    Some((_, e)) => {
+                        report(true, "FailedDetach", &e.msg);
+                        Err(e)
+                    }
+                }
+            }
+            Command::Check => {
+                let Some(i) = existing else {
+                    return Err(CniError::new(
+                        Code::UNKNOWN_CONTAINER,
+                        format!("{who}: interface {ifname} is not attached"),
+                    ));
+                };
+                let one = SandboxRecord {
+                    attachments: vec![record.attachments[i].clone()],
+                    ..record.clone()
+                };
+                chain.check(&one).map(|()| None)
+            }
+            other => Err(CniError::new(
+                Code::UNSUPPORTED_FIELD,
+                format!(
+                    "{other} for {}: /delegate serves ADD, DEL and CHECK",
+                    req.who()
+                ),
+            )),
+        };
+        drop(lock);
+        out
     }
 }

@@ -638,4 +638,152 @@ mod hotplug {
             pairs(&[("eth0", "cluster"), ("net1", "ns1/a"), ("net3", "ns1/b")])
         );
     }
+
+    fn events(p: &Pod1) -> Vec<String> {
+        p.view
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with("event"))
+            .map(|r| r.split(' ').nth(2).unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn one_event_per_attach_and_detach_and_a_warning_for_a_refusal() {
+        let p = setup();
+        p.plug("a, b", &[]);
+        p.plug("a", &[]);
+        p.plug("a, ghost", &[]);
+        assert_eq!(
+            events(&p),
+            [
+                "AddedInterface",
+                "AddedInterface",
+                "RemovedInterface",
+                "HotplugRefused"
+            ],
+            "the ADD's, then one per hot-plug change"
+        );
+    }
+
+    #[test]
+    fn an_attach_a_crash_left_pending_is_rolled_back_then_redone() {
+        let p = setup();
+        p.plug("a, b", &[]);
+        // As if the daemon died between recording net2 pending and its ADD's result.
+        let mut rec = p.n.records().remove(0);
+        rec.attachments[2].result = None;
+        p.n.cache().store(&rec).unwrap();
+        p.n.clear_log();
+        let o = p.plug("a, b", &[]);
+        assert_eq!(o.rolled_back, 1, "{o:?}");
+        assert_eq!(p.n.log(), ["DEL b net2", "ADD b net2"]);
+        assert!(p.n.records()[0]
+            .attachments
+            .iter()
+            .all(|a| a.result.is_some()));
+        // A sandbox whose own ADD never finished is left to the runtime.
+        let mut rec = p.n.records().remove(0);
+        rec.attachments[0].result = None;
+        p.n.cache().store(&rec).unwrap();
+        p.n.clear_log();
+        let o = p.plug("b", &[]);
+        assert!(!o.changed() && o.rolled_back == 0 && p.n.log().is_empty());
+    }
+
+    #[test]
+    fn the_status_is_rewritten_when_it_does_not_match_the_record_and_only_then() {
+        let p = setup();
+        p.plug("a, b", &[]);
+        let last = p.statuses().pop().unwrap();
+        let value = last.splitn(3, ' ').nth(2).unwrap().to_string();
+        let n = p.statuses().len();
+        // The pod as the watch would show it after our write: nothing to do, nothing written.
+        let o = p.plug("a, b", &[(crate::k8s::NETWORK_STATUS_ANNOTATION, &value)]);
+        assert!(!o.changed());
+        assert_eq!(p.statuses().len(), n);
+        // A status a crash kept from being written is written.
+        p.plug("a, b", &[(crate::k8s::NETWORK_STATUS_ANNOTATION, "[]")]);
+        assert_eq!(p.statuses().len(), n + 1);
+    }
+
+    mod delegate {
+        use super::*;
+        use crate::engine::hotplug::DelegateCall;
+        use crate::k8s::annotations::parse_networks;
+
+        fn call(
+            p: &Pod1,
+            verb: &str,
+            container: &str,
+            ifname: &str,
+            config: &Value,
+        ) -> Result<Option<CniResult>, CniError> {
+            let mut r = req(verb, container, "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p");
+            r.ifname = Some(ifname.into());
+            let bytes = config.to_string().into_bytes();
+            let sel = parse_networks(r#"[{"name":"x","ips":["10.9.0.5/24"]}]"#)
+                .unwrap()
+                .remove(0);
+            p.e.delegate(
+                &DelegateCall {
+                    req: &r,
+                    config: &bytes,
+                    selection: &sel,
+                    cancel: &Cancel::never(),
+                },
+                &p.c.cni_dir,
+                &|b| Ok(b.to_vec()),
+            )
+        }
+
+        #[test]
+        fn add_and_del_one_network_into_a_sandbox_plexus_holds() {
+            let p = setup();
+            p.n.clear_log();
+            let b = Node::net("b", json!({"capabilities": {"ips": true}}));
+            let r = call(&p, "ADD", "c1", "hp0", &b).unwrap().expect("a result");
+            assert_eq!(r.interfaces.len(), 1);
+            assert_eq!(p.n.log(), ["ADD b hp0"]);
+            let rec = p.n.records().remove(0);
+            let hp = rec.attachments.iter().find(|a| a.ifname == "hp0").unwrap();
+            assert!(hp.selection.is_none(), "not an annotation element");
+            assert_eq!(hp.status_name, "ns1/b");
+            assert_eq!(hp.inputs.capability_args["ips"], json!(["10.9.0.5/24"]));
+            // The native reconciler leaves it alone.
+            p.n.clear_log();
+            p.plug("a", &[]);
+            assert!(p.n.log().is_empty(), "{:?}", p.n.log());
+            // The same interface twice is refused.
+            assert!(call(&p, "ADD", "c1", "hp0", &b).is_err());
+            assert!(call(&p, "CHECK", "c1", "hp0", &b).is_ok());
+            call(&p, "DEL", "c1", "hp0", &b).unwrap();
+            assert_eq!(p.n.log(), ["CHECK b hp0", "DEL b hp0"]);
+            // DEL again, and DEL of a container plexus does not hold: nothing to do.
+            call(&p, "DEL", "c1", "hp0", &b).unwrap();
+            call(&p, "DEL", "nope", "hp0", &b).unwrap();
+            let e = call(&p, "ADD", "nope", "hp0", &b).unwrap_err();
+            assert_eq!(e.code, Code::UNKNOWN_CONTAINER, "{}", e.msg);
+            assert!(events(&p).contains(&"RemovedInterface".to_string()));
+        }
+
+        #[test]
+        fn the_nad_rules_apply_and_the_runtime_del_tears_it_down() {
+            let p = setup();
+            let me =
+                json!({"cniVersion": "1.0.0", "name": "evil", "type": "plexus", "binDir": "/tmp"});
+            let e = call(&p, "ADD", "c1", "hp0", &me).unwrap_err();
+            assert!(e.msg.contains("plexus"), "{}", e.msg);
+            let plain = Node::net("b", json!({}));
+            let e = call(&p, "ADD", "c1", "hp1", &plain).unwrap_err();
+            assert!(e.msg.contains("capability"), "{}", e.msg);
+            let b = Node::net("b", json!({"capabilities": {"ips": true}}));
+            call(&p, "ADD", "c1", "hp1", &b).unwrap();
+            p.n.clear_log();
+            p.e.del(&req("DEL", "c1", ""), Some(&p.c)).unwrap();
+            assert_eq!(p.n.log(), ["DEL b hp1", "DEL a net1", "DEL cluster eth0"]);
+        }
+    }
 }
