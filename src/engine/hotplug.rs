@@ -92,6 +92,9 @@ fn identity(s: &SelectionRef) -> (&str, Option<&str>, usize) {
     (&s.nad, s.interface.as_deref(), s.occurrence)
 }
 
+/// Lays the front door's keys over a recorded config (the daemon's plugin keys).
+pub type Merge<'a> = dyn Fn(&[u8]) -> Result<Vec<u8>, CniError> + 'a;
+
 /// How long a hot-plug waits for a call holding the sandbox (an ADD or DEL) before it gives up
 /// for now (the daemon retries; a DEL that removed the record ends it).
 pub const HOTPLUG_LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -106,7 +109,7 @@ impl Engine {
         pod: &Pod,
         key: &Key<'_>,
         cni_dir: &Path,
-        merge: &dyn Fn(&[u8]) -> Result<Vec<u8>, CniError>,
+        merge: &Merge<'_>,
         cancel: &Cancel,
     ) -> Result<Outcome, CniError> {
         let out = self.reconcile(pod, key, cni_dir, merge, cancel)?;
@@ -142,7 +145,7 @@ impl Engine {
         pod: &Pod,
         key: &Key<'_>,
         cni_dir: &Path,
-        merge: &dyn Fn(&[u8]) -> Result<Vec<u8>, CniError>,
+        merge: &Merge<'_>,
         cancel: &Cancel,
     ) -> Result<Outcome, CniError> {
         let cache = ResultCache::new(cni_dir);
@@ -485,7 +488,7 @@ impl Engine {
         &self,
         call: &DelegateCall<'_>,
         cni_dir: &Path,
-        merge: &dyn Fn(&[u8]) -> Result<Vec<u8>, CniError>,
+        merge: &Merge<'_>,
     ) -> Result<Option<CniResult>, CniError> {
         let req = call.req;
         let verb = req.command();
