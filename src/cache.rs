@@ -62,6 +62,9 @@ pub struct SandboxRecord {
     /// The plexus config the ADD ran with (hot-plug plans with it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub config: String,
+    /// The runtime's `CNI_PATH` at ADD (hot-plug finds delegates where the ADD did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_path: Vec<PathBuf>,
     #[serde(default)]
     pub attachments: Vec<AttachmentRecord>,
     /// DELs that failed for some attachment so far; see `chain::MAX_DEL_ATTEMPTS`.
@@ -417,6 +420,7 @@ mod tests {
             pod: None,
             created: String::new(),
             config: String::new(),
+            cni_path: vec![],
             attachments: vec![AttachmentRecord {
                 network: "a".into(),
                 ifname: "eth0".into(),

@@ -237,6 +237,7 @@ impl Engine {
             pod: PodRef::from_request(req).map(|r| r.to_string()),
             created: crate::cache::now_rfc3339(),
             config: conf.raw.clone(),
+            cni_path: req.path.clone(),
             attachments: attachments.iter().map(pending).collect(),
             del_attempts: 0,
         };

@@ -1094,6 +1094,7 @@ mod tests {
             pod: pod.map(String::from),
             created: "2025-01-02T03:04:05Z".into(),
             config: String::new(),
+            cni_path: vec![],
             attachments: atts,
             del_attempts: 0,
         }

@@ -121,6 +121,7 @@ fn record(
         pod: pod.map(String::from),
         created: "2025-03-04T05:06:07Z".into(),
         config: String::new(),
+        cni_path: vec![],
         attachments,
         del_attempts: 0,
     }

@@ -309,6 +309,80 @@ fn cri_scenario(through_daemon: bool) {
     assert_eq!(names, ["cluster", "default/mv"], "{ns}");
     assert_eq!(ns[0]["ips"][0], pod_ip.as_str());
 
+    // Hot-plug (daemon mode): the running sandbox gains a network when the pod's annotation
+    // changes, and loses it when it changes back; what was there is untouched.
+    let mut networks = vec!["cluster", "mv"];
+    if through_daemon {
+        networks.push("br2");
+        api.create_nad(
+            "default",
+            "br2",
+            &json!({"cniVersion": "1.0.0", "name": "br2", "type": "bridge", "bridge": "plxcri2",
+                    "ipam": env.host_local("br2", "10.252.0.0/24")}),
+        );
+        let in_sandbox = |args: &[&str]| {
+            let mut full = vec!["nsenter".to_string(), format!("--net={netns}")];
+            full.extend(args.iter().map(|a| a.to_string()));
+            sh(&full.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        let net1 = in_sandbox(&["ip", "-d", "addr", "show", "dev", "net1"]);
+        let names = || -> Vec<String> {
+            api.network_status("default", "web")
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        let wait = |what: &str, want: usize| {
+            let t = Instant::now();
+            while names().len() != want {
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "{what}: {:?}",
+                    names()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        api.patch_pod_annotations(
+            "default",
+            "web",
+            &json!({"k8s.v1.cni.cncf.io/networks": "mv, br2"}),
+        );
+        wait("br2 hot-plugged", 3);
+        assert_eq!(names(), ["cluster", "default/mv", "default/br2"]);
+        let addrs = in_sandbox(&["ip", "-o", "-4", "addr"]);
+        assert!(
+            addrs
+                .lines()
+                .any(|l| l.contains("net2") && l.contains("inet 10.252.0.")),
+            "{addrs}"
+        );
+        assert_eq!(env.reservations("br2").len(), 1);
+        api.patch_pod_annotations(
+            "default",
+            "web",
+            &json!({"k8s.v1.cni.cncf.io/networks": "mv"}),
+        );
+        wait("br2 hot-unplugged", 2);
+        assert!(!in_sandbox(&["ip", "-o", "link"]).contains("net2"));
+        assert!(env.reservations("br2").is_empty());
+        assert_eq!(
+            in_sandbox(&["ip", "-d", "addr", "show", "dev", "net1"]),
+            net1,
+            "net1 untouched"
+        );
+        // And once more in, so the kubelet's teardown below takes a hot-plugged network too.
+        api.patch_pod_annotations(
+            "default",
+            "web",
+            &json!({"k8s.v1.cni.cncf.io/networks": "mv, br2"}),
+        );
+        wait("br2 hot-plugged again", 3);
+    }
+
     // The kubelet stops, then removes, the sandbox: DEL must leave nothing.
     rt.block_on(client.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: id.clone(),
@@ -316,6 +390,6 @@ fn cri_scenario(through_daemon: bool) {
     .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", containerd_log()));
     rt.block_on(client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }))
         .unwrap();
-    env.assert_runtime_left_nothing(&["cluster", "mv"], &["plxcri0", "crim0", "crim1"]);
+    env.assert_runtime_left_nothing(&networks, &["plxcri0", "plxcri2", "crim0", "crim1"]);
     assert!(!Path::new(&netns).exists(), "sandbox netns {netns} left");
 }

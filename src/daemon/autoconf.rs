@@ -296,7 +296,8 @@ fn names_self(v: &Value) -> bool {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Write a file atomically (temp file, fsync, rename), mode 0600.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().ok_or("no parent dir")?;

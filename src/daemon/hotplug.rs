@@ -70,7 +70,6 @@ pub fn delegate(
         .map_err(|e| e.context(format!("{} for {} (/delegate)", req.command(), req.who())))?
         .pop()
         .expect("one element");
-    let cni_dir = daemon.default_cni_dir();
     daemon.engine.delegate(
         &DelegateCall {
             req,
@@ -78,7 +77,7 @@ pub fn delegate(
             selection: &selection,
             cancel,
         },
-        &cni_dir,
+        &daemon.cni_dirs(),
         &|b| daemon.config.merge(b),
     )
 }

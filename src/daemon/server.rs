@@ -97,6 +97,7 @@ impl Daemon {
         ready: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Daemon {
         let permits = Arc::new(Semaphore::new(config.max_concurrent));
+        let cni_dirs = Mutex::new(load_cni_dirs(&config));
         Daemon {
             config,
             engine,
@@ -105,7 +106,7 @@ impl Daemon {
             shutting_down: AtomicBool::new(false),
             watch: None,
             hotplug: None,
-            cni_dirs: Mutex::new(Default::default()),
+            cni_dirs,
             locks: Arc::new(ContainerLocks::default()),
             permits,
         }
@@ -383,8 +384,9 @@ impl Daemon {
         let conf = NetConf::parse(&merged?)?;
         {
             let mut dirs = self.cni_dirs.lock().expect("not poisoned");
-            if !dirs.contains(&conf.cni_dir) && dirs.len() < 64 {
+            if !dirs.contains(&conf.cni_dir) && dirs.len() < MAX_CNI_DIRS {
                 dirs.insert(conf.cni_dir.clone());
+                save_cni_dirs(&self.config, &dirs);
             }
         }
         let out = self.engine.run(&Call {
@@ -409,6 +411,47 @@ impl Daemon {
         cancel: &Cancel,
     ) -> Result<Option<CniResult>, CniError> {
         super::hotplug::delegate(self, req, attributes, &req.stdin, cancel)
+    }
+}
+
+/// At most this many `cniDir`s are remembered (a node normally has one).
+const MAX_CNI_DIRS: usize = 64;
+
+/// Where the daemon remembers the `cniDir`s requests used, so that a restarted daemon finds
+/// every sandbox record for hot-plug.
+fn cni_dirs_file(config: &DaemonConfig) -> std::path::PathBuf {
+    config.socket_dir.join("plexus-cni-dirs.json")
+}
+
+fn load_cni_dirs(config: &DaemonConfig) -> std::collections::BTreeSet<std::path::PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = cni_dirs_file(config);
+    let read = || -> std::io::Result<Vec<u8>> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)?;
+        let mut b = Vec::new();
+        f.take(64 << 10).read_to_end(&mut b)?;
+        Ok(b)
+    };
+    match read() {
+        Ok(b) => serde_json::from_slice::<Vec<std::path::PathBuf>>(&b)
+            .map(|v| v.into_iter().take(MAX_CNI_DIRS).collect())
+            .unwrap_or_else(|e| {
+                tracing::warn!("{}: {e}; ignored", path.display());
+                Default::default()
+            }),
+        Err(_) => Default::default(),
+    }
+}
+
+fn save_cni_dirs(config: &DaemonConfig, dirs: &std::collections::BTreeSet<std::path::PathBuf>) {
+    let path = cni_dirs_file(config);
+    let body = serde_json::to_vec(dirs).expect("serializes");
+    if let Err(e) = super::autoconf::write_atomic(&path, &body) {
+        tracing::warn!("remembering the cniDirs in {}: {e}", path.display());
     }
 }
 

@@ -181,6 +181,7 @@ impl Engine {
             ifname: Some(record.if_name.clone()),
             args: parse_cni_args(&record.cni_args).unwrap_or_default(),
             args_raw: record.cni_args.clone(),
+            path: record.cni_path.clone(),
             ..Default::default()
         };
         let chain = Chain {
@@ -487,19 +488,23 @@ impl Engine {
     pub fn delegate(
         &self,
         call: &DelegateCall<'_>,
-        cni_dir: &Path,
+        cni_dirs: &[std::path::PathBuf],
         merge: &Merge<'_>,
     ) -> Result<Option<CniResult>, CniError> {
         let req = call.req;
         let verb = req.command();
         let who = format!("{verb} for {} (/delegate)", req.who());
         let (id, ifname) = (req.container_id(), req.ifname());
-        let cache = ResultCache::new(cni_dir);
-        let found = cache.all().into_iter().find_map(|(_, l)| match l {
-            Loaded::Found(r) if r.container_id == id => Some(r),
-            _ => None,
+        let found = cni_dirs.iter().find_map(|dir| {
+            ResultCache::new(dir)
+                .all()
+                .into_iter()
+                .find_map(|(_, l)| match l {
+                    Loaded::Found(r) if r.container_id == id => Some((dir, r)),
+                    _ => None,
+                })
         });
-        let Some(found) = found else {
+        let Some((cni_dir, found)) = found else {
             if verb == Command::Del {
                 return Ok(None);
             }
@@ -507,10 +512,15 @@ impl Engine {
                 Code::UNKNOWN_CONTAINER,
                 format!(
                     "{who}: container {id} has no plexus record in {}; /delegate works on sandboxes plexus attached",
-                    cni_dir.display()
+                    cni_dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         };
+        let cache = ResultCache::new(cni_dir);
         let key = found.key();
         let lock = cache.lock(&key, Instant::now() + HOTPLUG_LOCK_WAIT, call.cancel)?;
         let Loaded::Found(mut record) = cache.load(&key) else {
@@ -554,10 +564,18 @@ impl Engine {
         };
         let network =
             nad_network(&conf, files.as_ref(), &nad, &nad_ref).map_err(|e| e.context(&who))?;
+        // The controller sends no CNI_PATH: delegates are found where the sandbox's ADD found them.
+        let mut with_path = Request {
+            stdin: vec![],
+            ..req.clone()
+        };
+        if with_path.path.is_empty() {
+            with_path.path = record.cni_path.clone();
+        }
         let chain = Chain {
             who: format!("{} (/delegate)", req.who()),
             cni_args: record.cni_args.clone(),
-            ..self.chain_for_call(req, &conf, call.cancel.clone(), None)
+            ..self.chain_for_call(&with_path, &conf, call.cancel.clone(), None)
         };
         let pod = match (
             self.cluster.as_deref(),

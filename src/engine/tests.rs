@@ -734,7 +734,7 @@ mod hotplug {
                     selection: &sel,
                     cancel: &Cancel::never(),
                 },
-                &p.c.cni_dir,
+                std::slice::from_ref(&p.c.cni_dir),
                 &|b| Ok(b.to_vec()),
             )
         }
