@@ -563,6 +563,70 @@ fn main() {
         }
     }
 
+    // Hot-plug through the daemon: annotation write → network-status updated.
+    {
+        let pod = "hotplug";
+        b.make_pod(pod, 1);
+        std::thread::sleep(Duration::from_millis(100));
+        b.run_side(Side::Daemon, "ADD", "hotplug-x", &netns, pod);
+        let entries = |b: &Bench| {
+            b.api
+                .network_status("bench", pod)
+                .as_array()
+                .map_or(0, Vec::len)
+        };
+        let events = |b: &Bench| b.api.events("bench").len();
+        let mut lat = Vec::new();
+        let (mut reads, mut status_writes, mut event_writes, mut other) = (0, 0, 0, 0);
+        let n = iterations.max(2);
+        for i in 0..n {
+            let (want, count) = if i % 2 == 0 {
+                ("net-1,net-2", 3)
+            } else {
+                ("net-1", 2)
+            };
+            let ev = events(&b);
+            b.api.clear_requests();
+            let t = Instant::now();
+            b.api.patch_pod_annotations(
+                "bench",
+                pod,
+                &json!({"k8s.v1.cni.cncf.io/networks": want}),
+            );
+            while entries(&b) != count {
+                assert!(t.elapsed() < Duration::from_secs(30), "hot-plug did not happen");
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            lat.push(ms(t.elapsed()));
+            while events(&b) == ev {
+                assert!(t.elapsed() < Duration::from_secs(30), "no Event");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            for r in b.api.requests() {
+                if r.starts_with("GET") {
+                    reads += 1;
+                } else if r.starts_with("PATCH") && r.ends_with("/status") {
+                    status_writes += 1;
+                } else if r.starts_with("POST") && r.contains("/events") {
+                    event_writes += 1;
+                } else {
+                    other += 1;
+                }
+            }
+        }
+        b.run_side(Side::Daemon, "DEL", "hotplug-x", &netns, pod);
+        let (m, p99) = stats(lat);
+        let per = |x: usize| x as f64 / n as f64;
+        out.push_str(&format!(
+            "\n### Hot-plug (daemon: a running pod's annotation changes, one macvlan + host-local network added or removed, {n} changes)\n\n| what | value |\n|---|---|\n| annotation write → network-status updated, median (p99) | {m:.1} ms ({p99:.1} ms) |\n| API reads per hot-plug | {:.1} |\n| status writes per hot-plug | {:.1} |\n| Events per hot-plug | {:.1} |\n| other API requests per hot-plug | {:.1} |\n",
+            per(reads),
+            per(status_writes),
+            per(event_writes),
+            per(other)
+        ));
+    }
+
     // 4. Pods at once.
     out.push_str(&format!("\n### Pods at once (1 extra network each, {rounds} rounds)\n\n| pods at once | floor pods/s | thin pods/s | daemon pods/s | thin vs floor | daemon vs floor | floor p99 ms | thin p99 ms | daemon p99 ms |\n|---|---|---|---|---|---|---|---|---|\n"));
     for p in [8usize, 16] {
