@@ -594,7 +594,10 @@ fn main() {
                 &json!({"k8s.v1.cni.cncf.io/networks": want}),
             );
             while entries(&b) != count {
-                assert!(t.elapsed() < Duration::from_secs(30), "hot-plug did not happen");
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "hot-plug did not happen"
+                );
                 std::thread::sleep(Duration::from_micros(500));
             }
             lat.push(ms(t.elapsed()));
