@@ -77,7 +77,12 @@ where
     }
 }
 
-/// [`request`] from blocking code, on a current-thread runtime of its own.
+/// Largest reply [`call`] reads (a CNI result is far smaller).
+pub const MAX_REPLY: usize = 16 << 20;
+
+/// [`request`] from blocking code, with no async runtime: the shim's path, which runs once per
+/// CNI call and should cost no more than it must. HTTP/1.1 with `Connection: close`; the reply is
+/// read to its `Content-Length`, its last chunk, or EOF, all within `timeout`.
 pub fn call(
     socket: &Path,
     method: &str,
@@ -86,8 +91,229 @@ pub fn call(
     body: Vec<u8>,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(request(socket, method, path, content_type, body, timeout))
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = content_type {
+        head.push_str(&format!("content-type: {t}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&body);
+    stream.set_write_timeout(Some(left()?))?;
+    stream.write_all(&out)?;
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        stream.set_read_timeout(Some(left()?))?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no reply in time",
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REPLY {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("reply larger than {MAX_REPLY} bytes"),
+            ));
+        }
+        if let Some(reply) = parse_reply(&buf)? {
+            return Ok(reply);
+        }
+    }
+    parse_reply(&buf)?.map_or_else(
+        || {
+            // EOF: a reply without a length ends here.
+            let (status, body_at, _) = parse_head(&buf)?.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before a reply",
+                )
+            })?;
+            Ok(Reply {
+                status,
+                body: buf[body_at..].to_vec(),
+            })
+        },
+        Ok,
+    )
+}
+
+/// How the body is framed.
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilEof,
+}
+
+/// The status line and headers, once complete: status, where the body starts, its framing.
+fn parse_head(buf: &[u8]) -> std::io::Result<Option<(u16, usize, Framing)>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > 64 << 10 {
+            return Err(bad("reply headers larger than 64 KiB"));
+        }
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("reply headers are not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.splitn(3, ' ');
+    let (Some(proto), Some(code)) = (parts.next(), parts.next()) else {
+        return Err(bad("no HTTP status line"));
+    };
+    if !proto.starts_with("HTTP/1.") {
+        return Err(bad("not an HTTP/1 reply"));
+    }
+    let status: u16 = code.parse().map_err(|_| bad("bad HTTP status code"))?;
+    let mut framing = Framing::UntilEof;
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
+            framing = Framing::Chunked;
+        } else if k.eq_ignore_ascii_case("content-length") && !matches!(framing, Framing::Chunked) {
+            framing = Framing::Length(v.parse().map_err(|_| bad("bad content-length"))?);
+        }
+    }
+    // No body at all for these, whatever the headers say.
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        framing = Framing::Length(0);
+    }
+    Ok(Some((status, end + 4, framing)))
+}
+
+/// The whole reply, once it is all in `buf`.
+fn parse_reply(buf: &[u8]) -> std::io::Result<Option<Reply>> {
+    let Some((status, at, framing)) = parse_head(buf)? else {
+        return Ok(None);
+    };
+    let rest = &buf[at..];
+    match framing {
+        Framing::Length(n) if rest.len() >= n => Ok(Some(Reply {
+            status,
+            body: rest[..n].to_vec(),
+        })),
+        Framing::Length(_) | Framing::UntilEof => Ok(None),
+        Framing::Chunked => Ok(dechunk(rest)?.map(|body| Reply { status, body })),
+    }
+}
+
+/// A chunked body, once its last chunk is in.
+fn dechunk(mut rest: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_field = std::str::from_utf8(&rest[..eol]).map_err(|_| bad("bad chunk size"))?;
+        let size_hex = size_field.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad("bad chunk size"))?;
+        let data = eol + 2;
+        if size == 0 {
+            // Trailers end with an empty line.
+            let tail = &rest[data..];
+            return Ok(
+                (tail.starts_with(b"\r\n") || tail.windows(4).any(|w| w == b"\r\n\r\n"))
+                    .then_some(body),
+            );
+        }
+        if rest.len() < data + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&rest[data..data + size]);
+        rest = &rest[data + size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_by_length_by_chunks_or_to_eof() {
+        let r = parse_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
+        assert!(
+            parse_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel")
+                .unwrap()
+                .is_none()
+        );
+        let c = b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let r = parse_reply(c).unwrap().unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (400, &b"abcde"[..]));
+        assert!(
+            parse_reply(&c[..c.len() - 3]).unwrap().is_none(),
+            "last chunk not complete"
+        );
+        assert!(parse_reply(b"HTTP/1.1 200 OK\r\n\r\nto eof")
+            .unwrap()
+            .is_none());
+        let r = parse_reply(b"HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(r.body.is_empty());
+        for bad in [
+            &b"SSH-2.0\r\n\r\n"[..],
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+        ] {
+            assert!(
+                parse_reply(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let t = std::time::Instant::now();
+        let e = call(
+            &sock,
+            "POST",
+            "/cni",
+            None,
+            b"{}".to_vec(),
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        drop(l);
+        let e = call(&sock, "GET", "/", None, vec![], Duration::from_secs(1)).unwrap_err();
+        assert_ne!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut,
+            "no listener: refused at once"
+        );
+    }
 }
