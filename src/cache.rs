@@ -316,6 +316,22 @@ impl ResultCache {
                     path.display()
                 ))
             }
+            // Only root (or plexus's own user) writes records, 0600: one that someone else
+            // owns or may write could name any delegate config, and DEL would run it.
+            Ok(m) if m.uid() != 0 && m.uid() != nix::unistd::geteuid().as_raw() => {
+                return Loaded::Unreadable(format!(
+                    "{}: owned by uid {}, not by root",
+                    path.display(),
+                    m.uid()
+                ))
+            }
+            Ok(m) if m.mode() & 0o022 != 0 => {
+                return Loaded::Unreadable(format!(
+                    "{}: writable by others (mode {:o})",
+                    path.display(),
+                    m.mode() & 0o7777
+                ))
+            }
             Err(e) => return Loaded::Unreadable(format!("{}: {e}", path.display())),
             Ok(_) => {}
         }
@@ -440,6 +456,20 @@ mod tests {
         }
     }
 
+    // Fuzz finding F3 (docs/fuzzing.md): without float_roundtrip a float read back one ULP off.
+    #[test]
+    fn floats_read_back_as_written() {
+        let x: f64 = serde_json::from_str("2.5003332333333334e131").unwrap();
+        assert_eq!(x, 2.5003332333333334e131);
+        let mut r = record("p", "x");
+        r.attachments[0]
+            .inputs
+            .cni_args
+            .insert("x".into(), serde_json::json!(2.5003332333333334e131_f64));
+        let back: SandboxRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
     fn key<'a>(net: &'a str, id: &'a str) -> Key<'a> {
         Key {
             network: net,
@@ -546,6 +576,27 @@ mod tests {
         assert!(matches!(c.load(&key("p", "y")), Loaded::Unreadable(_)));
         std::fs::write(c.record_path(&key("p", "z")), b"\xff\xfe").unwrap();
         assert_eq!(c.all().len(), 3);
+    }
+
+    #[test]
+    fn records_others_may_write_are_not_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache::new(d.path());
+        c.store(&record("p", "x")).unwrap();
+        let p = c.record_path(&key("p", "x"));
+        assert!(matches!(c.load(&key("p", "x")), Loaded::Found(_)));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            matches!(c.load(&key("p", "x")), Loaded::Unreadable(m) if m.contains("writable by others"))
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            assert!(
+                matches!(c.load(&key("p", "x")), Loaded::Unreadable(m) if m.contains("uid 65534"))
+            );
+        }
     }
 
     #[test]

@@ -153,7 +153,7 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D
 /// named by its path.
 pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, CniError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_data() {
@@ -161,7 +161,11 @@ pub fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Re
         } else {
             CniError::new(Code::DECODE, format!("cannot parse {what}: {inner}"))
         }
-    })
+    })?;
+    // Only whitespace may follow the value, as libcni and Go's json.Unmarshal require.
+    de.end()
+        .map_err(|e| CniError::new(Code::DECODE, format!("cannot parse {what}: {e}")))?;
+    Ok(value)
 }
 
 impl NetConf {
@@ -431,8 +435,16 @@ impl Network {
         let plugins: Vec<Map<String, Value>> = match obj.get("plugins") {
             Some(Value::Array(list)) => list
                 .iter()
-                .map(|p| p.as_object().cloned().expect("checked by serde"))
-                .collect(),
+                .enumerate()
+                .map(|(i, p)| {
+                    // serde reads a struct from a JSON array too: check the shape here.
+                    p.as_object().cloned().ok_or_else(|| {
+                        ctx(invalid_config(format!(
+                            "network \"{name}\": plugins[{i}] is not a JSON object"
+                        )))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             _ => vec![obj.clone()],
         };
         if plugins.is_empty() {
@@ -626,6 +638,41 @@ mod tests {
         assert_eq!(c.bin_dir, PathBuf::from(DEFAULT_BIN_DIR));
         assert!(c.log_to_stderr);
         assert!(c.require_networks().is_err());
+    }
+
+    // Fuzz finding F1 (docs/fuzzing.md): a non-object in `plugins` panicked the parser.
+    #[test]
+    fn plugins_that_are_not_objects_are_refused() {
+        for bad in [
+            json!({"name": "a", "plugins": [[null]]}),
+            json!({"cniVersion": "1.0.0", "name": "a", "plugins": [["bridge"]]}),
+            json!({"cniVersion": "1.0.0", "name": "a", "plugins": [{"type": "bridge"}, [null]]}),
+            json!({"cniVersion": "1.0.0", "name": "a", "plugins": [7]}),
+        ] {
+            let e = Network::from_value(bad.clone(), "t").unwrap_err();
+            assert_eq!(e.code, Code::INVALID_CONFIG, "{bad}");
+        }
+        assert!(Network::from_bytes(br#"{"name":"a","plugins":[[null]]}"#, "t").is_err());
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","delegates":[{"name":"a","plugins":[[null]]}]}"#,
+        )
+        .unwrap();
+        assert!(c.static_networks(&ConfDir(PathBuf::from("/none"))).is_err());
+    }
+
+    // Fuzz finding F2: bytes after the config object were ignored; libcni refuses them.
+    #[test]
+    fn nothing_may_follow_the_config() {
+        for bad in [
+            &b"{}}"[..],
+            b"{} {}",
+            b"{\"cniVersion\":\"1.0.0\"}x",
+            b"{}\0",
+        ] {
+            let e = NetConf::parse(bad).unwrap_err();
+            assert_eq!(e.code, Code::DECODE, "{:?}", String::from_utf8_lossy(bad));
+        }
+        NetConf::parse(b"{}\n\t ").unwrap();
     }
 
     #[test]

@@ -135,14 +135,20 @@ pub fn from_checkpoint(bytes: &[u8], pod_uid: &str) -> Result<PodDevices, CniErr
             Value::Null => vec![],
             other => return Err(bad(format!("DeviceIDs of {resource} is {other}"))),
         };
-        let list = out.entry(resource.to_string()).or_default();
-        for id in ids {
-            if !list.contains(&id) {
-                list.push(id);
-            }
-        }
+        push_new(out.entry(resource.to_string()).or_default(), ids);
     }
     Ok(PodDevices(out))
+}
+
+/// Append the IDs not in `list` yet, keeping their order; linear in both (a checkpoint may list
+/// millions of IDs, and the kubelet may list one twice).
+fn push_new(list: &mut Vec<String>, ids: impl IntoIterator<Item = String>) {
+    let mut seen: std::collections::HashSet<String> = list.iter().cloned().collect();
+    for id in ids {
+        if seen.insert(id.clone()) {
+            list.push(id);
+        }
+    }
 }
 
 /// The UID the kubelet files the pod's devices under in its checkpoint: the API's UID, except for
@@ -243,12 +249,7 @@ pub async fn from_pod_resources(
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in pod.map(|p| p.containers).unwrap_or_default() {
         for d in c.devices {
-            let list = out.entry(d.resource_name).or_default();
-            for id in d.device_ids {
-                if !list.contains(&id) {
-                    list.push(id);
-                }
-            }
+            push_new(out.entry(d.resource_name).or_default(), d.device_ids);
         }
     }
     Ok(PodDevices(out))
@@ -317,6 +318,26 @@ mod tests {
         ], "RegisteredDevices": {"intel.com/sriov_netdevice": ["0000:3b:02.1"]}}, "Checksum": 1234})
         .to_string()
         .into_bytes()
+    }
+
+    // Fuzz finding F4 (docs/fuzzing.md): duplicate IDs were dropped in quadratic time.
+    #[test]
+    fn many_ids_are_read_in_linear_time() {
+        let mut ids: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
+        ids.push("7".into());
+        let cp = json!({"Data": {"PodDeviceEntries": [
+            {"PodUID": "p", "ResourceName": "r", "DeviceIDs": ids},
+            {"PodUID": "p", "ResourceName": "r", "DeviceIDs": ["8", "x"]}
+        ]}});
+        let t = std::time::Instant::now();
+        let d = from_checkpoint(cp.to_string().as_bytes(), "p").unwrap();
+        assert_eq!(d.0["r"].len(), 100_001);
+        assert_eq!(d.0["r"].last().unwrap(), "x");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
