@@ -94,7 +94,7 @@ fn cni_main() -> ExitCode {
     // Read at most one byte past the cap so an oversized config is refused, not buffered.
     let limit = plexus::cni::request::MAX_STDIN as u64 + 1;
     let _ = std::io::stdin().take(limit).read_to_end(&mut stdin);
-    let out = plexus::plugin::run(|k| std::env::var(k).ok(), stdin);
+    let out = plexus::plugin::run_process_env(stdin);
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.stdout.as_bytes());
     let _ = stdout.flush();

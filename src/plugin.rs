@@ -171,6 +171,32 @@ fn log_own_cost(started: Instant) {
     }
 }
 
+/// [`run`] over this process's environment. A `CNI_*` variable that is not UTF-8 is refused by
+/// name (code 4) rather than read as absent or lossily: a DEL with one exits 0, as nothing can have
+/// been attached under it.
+pub fn run_process_env(stdin: Vec<u8>) -> Outcome {
+    let bad: Vec<String> = std::env::vars_os()
+        .filter(|(k, v)| k.to_str().is_some_and(|k| k.starts_with("CNI_")) && v.to_str().is_none())
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    if bad.is_empty() {
+        return run(|k| std::env::var(k).ok(), stdin);
+    }
+    let e = CniError::new(
+        Code::INVALID_ENV,
+        format!(
+            "environment variables [{}] are not valid UTF-8",
+            bad.join(",")
+        ),
+    );
+    if std::env::var("CNI_COMMAND").is_ok_and(|c| c == "DEL") {
+        crate::logging::init(None, None, true);
+        tracing::warn!("DEL with unusable environment ({e}); nothing can have been attached");
+        return ok(String::new());
+    }
+    fail(&stdin, e)
+}
+
 fn ok(stdout: String) -> Outcome {
     Outcome {
         exit_code: 0,

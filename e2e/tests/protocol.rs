@@ -826,3 +826,223 @@ fn cni_netns_override_is_libcnis_flag() {
     assert_eq!(dels[0]["netns"], "", "no netns for delegates to touch");
     assert!(env.cache_files().is_empty());
 }
+
+/// Run plexus with raw (possibly non-UTF-8) environment values.
+fn cni_os(env: &TestEnv, vars: &[(&str, &std::ffi::OsStr)], stdin: &[u8]) -> common::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &env.node])
+        .arg(common::plexus_bin())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_NETNS", env.netns_path())
+        .env("CNI_PATH", &env.plugins)
+        .env("CNI_IFNAME", "eth0");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let out = child.wait_with_output().unwrap();
+    common::Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The research-grade bad inputs: non-UTF-8 env, NULs and invalid UTF-8 on stdin, 10,000 nested
+/// JSON levels, a delegate printing 100 MiB or leaving stdout open, symlinks planted where plexus
+/// writes its cache and its log, and plugin directories anyone may write or that are relative.
+/// Each gets the right CNI error (or, where nothing is wrong for the pod, works), leaves nothing
+/// behind, and the runtime's DEL after it exits 0.
+#[test]
+fn research_grade_bad_inputs_get_cni_errors_and_leave_nothing() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = TestEnv::new("bad2");
+    let net = rec_net(
+        &env,
+        "cluster",
+        "1.0.0",
+        vec![json!({"type": "test-record"})],
+    );
+    let good = env.plexus_conf("1.1.0", vec![net.clone()]);
+    let good_bytes = good.to_string().into_bytes();
+    let id = |s: &'static str| OsStr::new(s);
+    let clean = |what: &str| {
+        assert_eq!(env.pod_links(), ["lo"], "{what}");
+        assert!(
+            env.cache_files().is_empty(),
+            "{what}: {:?}",
+            env.cache_files()
+        );
+    };
+    let del = |cid: &str, stdin: &[u8]| {
+        env.cni_raw(
+            "DEL",
+            &[("CNI_CONTAINERID", cid), ("CNI_IFNAME", "eth0")],
+            stdin,
+        )
+        .ok();
+    };
+
+    // Env that is not UTF-8: the container ID, CNI_ARGS, the ifname.
+    for (what, k, v) in [
+        ("container id", "CNI_CONTAINERID", &b"c\xff\xfe"[..]),
+        ("CNI_ARGS", "CNI_ARGS", b"K8S_POD_NAME=\xff"),
+        ("ifname", "CNI_IFNAME", b"et\xffh0"),
+    ] {
+        let mut vars = vec![("CNI_CONTAINERID", id("c-env"))];
+        vars.push((k, OsStr::from_bytes(v)));
+        let out = cni_os(&env, &vars, &good_bytes);
+        let msg = out.err(4);
+        assert!(msg.contains(k), "{what}: {msg}");
+        clean(what);
+    }
+    del("c-env", &good_bytes);
+
+    // stdin: a NUL byte, invalid UTF-8 in the network name, 10,000 nested levels.
+    let text = good.to_string();
+    let nul = text.replacen(',', ",\0", 1).into_bytes();
+    let mut bad_utf8 = text.clone().into_bytes();
+    let at = text.find("\"cluster\"").unwrap() + 4;
+    bad_utf8[at] = 0xff; // "clu\xffter"
+                         // 10,000 levels where plexus reads the value (a delegate's config) and where it skips it.
+    let mut placeholder = good.clone();
+    placeholder["delegates"][0]["plugins"][0]["deep"] = json!("DEEP");
+    let nested = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let deep = placeholder.to_string().replace("\"DEEP\"", &nested);
+    let skipped = format!("{{\"cniVersion\":\"1.0.0\",\"name\":\"plexus\",\"deep\":{nested}}}");
+    for (what, stdin, code) in [
+        ("NUL on stdin", nul, 6),
+        ("invalid UTF-8 on stdin", bad_utf8, 6),
+        ("10,000 nested levels in a delegate", deep.into_bytes(), 6),
+        // Skipped without recursion; the config then lacks its networks.
+        (
+            "10,000 nested levels in an unknown key",
+            skipped.into_bytes(),
+            7,
+        ),
+    ] {
+        let t = Instant::now();
+        let out = cni_os(&env, &[("CNI_CONTAINERID", id("c-stdin"))], &stdin);
+        out.err(code);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+        clean(what);
+        del("c-stdin", &stdin);
+    }
+
+    // A delegate printing 100 MiB: killed at plexus's 1 MiB cap, code 103, quickly.
+    let mut flood = good.clone();
+    flood["delegates"][0]["plugins"][0]["floodBytes"] = json!(100u64 << 20);
+    let t = Instant::now();
+    let out = env.cni("ADD", "c-flood", "eth0", &flood);
+    let msg = out.err(103);
+    assert!(msg.contains("printed more than"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(out.stdout.len() < 10_000, "the flood reached the runtime");
+    clean("flood");
+    env.cni("DEL", "c-flood", "eth0", &flood).ok();
+
+    // A delegate that answers and exits but leaves a child holding its stdout: plexus takes the
+    // answer when the delegate exits (and kills its process group) instead of waiting for EOF.
+    let mut hold = good.clone();
+    hold["delegates"][0]["plugins"][0]["holdStdout"] = json!(true);
+    let t = Instant::now();
+    env.cni("ADD", "c-hold", "eth0", &hold).ok();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    env.cni("DEL", "c-hold", "eth0", &hold).ok();
+    clean("hold");
+
+    // A symlink planted where the cache record of the next ADD goes, and as the log file: neither
+    // is followed, the file they point at is untouched, and the pod is served.
+    let outside = env.path().join("outside");
+    std::fs::write(&outside, "do not touch\n").unwrap();
+    let attachments = env.cni_dir().join("plexus/attachments");
+    std::fs::create_dir_all(&attachments).unwrap();
+    let planted = attachments.join("plexus=c-sym=eth0.json");
+    std::os::unix::fs::symlink(&outside, &planted).unwrap();
+    let log_link = env.path().join("plexus.log");
+    std::os::unix::fs::symlink(&outside, &log_link).unwrap();
+    let mut logged = good.clone();
+    logged["logFile"] = json!(log_link);
+    logged["logLevel"] = json!("debug");
+    env.cni("ADD", "c-sym", "eth0", &logged).ok();
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "do not touch\n");
+    let meta = std::fs::symlink_metadata(&planted).unwrap();
+    assert!(
+        meta.is_file(),
+        "the record replaced the planted link, not its target"
+    );
+    env.cni("DEL", "c-sym", "eth0", &logged).ok();
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "do not touch\n");
+    clean("symlinks");
+
+    // Plugin directories: world-writable, relative. The binary is not run; code 102 says why.
+    let open = env.path().join("open-bin");
+    std::fs::create_dir_all(&open).unwrap();
+    std::os::unix::fs::symlink(env.bin_dir().join("test-record"), open.join("test-record"))
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    for (what, bin_dir, needle) in [
+        ("world-writable binDir", json!(open), "world-writable"),
+        ("relative binDir", json!("open-bin"), "(relative)"),
+    ] {
+        let mut c = good.clone();
+        c["binDir"] = bin_dir;
+        let out = env.cni("ADD", "c-bin", "eth0", &c);
+        let msg = out.err(102);
+        assert!(
+            msg.contains(needle) && msg.contains("test-record"),
+            "{what}: {msg}"
+        );
+        clean(what);
+        env.cni("DEL", "c-bin", "eth0", &c).ok();
+    }
+    // CNI_PATH with a relative entry and a world-writable one: the same.
+    let mut c = good.clone();
+    c["binDir"] = json!("/nonexistent");
+    let path = format!("open-bin:{}", open.display());
+    let out = env.cni_raw(
+        "ADD",
+        &[
+            ("CNI_CONTAINERID", "c-path"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", &path),
+        ],
+        c.to_string().as_bytes(),
+    );
+    let msg = out.err(102);
+    assert!(
+        msg.contains("(relative)") && msg.contains("world-writable"),
+        "{msg}"
+    );
+    clean("CNI_PATH");
+    // Only inputs that ran a delegate led to a DEL of it, never of a container that had no ADD.
+    let dels: Vec<String> = env
+        .records()
+        .iter()
+        .filter(|r| r["command"] == "DEL")
+        .map(|r| r["containerID"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        dels.iter()
+            .all(|c| ["c-flood", "c-hold", "c-sym"].contains(&c.as_str())),
+        "{dels:?}"
+    );
+}

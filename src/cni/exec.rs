@@ -65,7 +65,27 @@ pub fn validate_plugin_type(t: &str) -> Result<(), CniError> {
     }
 }
 
-/// Find `plugin` in the search path (a bare name only; see [`validate_plugin_type`]).
+/// Why a plugin binary must not be run as root: it is writable by every user, owned by a user
+/// who is neither root nor us, or sits in a world-writable directory (where, sticky bit or not,
+/// another user's file could have been put under the plugin's name).
+fn unsafe_to_run(binary: &Path, meta: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    if meta.permissions().mode() & 0o002 != 0 {
+        return Some("world-writable");
+    }
+    if meta.uid() != 0 && meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Some("owned by another user");
+    }
+    let dir = binary.parent()?;
+    match std::fs::metadata(dir) {
+        Ok(d) if d.permissions().mode() & 0o002 != 0 => Some("in a world-writable directory"),
+        _ => None,
+    }
+}
+
+/// Find `plugin` in the search path (a bare name only; see [`validate_plugin_type`]). Relative
+/// entries are skipped, and so is a binary that is world-writable, another user's, or in a
+/// world-writable directory; the error names what was skipped and why.
 pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
     find_plugin_in(plugin, path, None)
 }
@@ -78,23 +98,41 @@ pub fn find_plugin_in(
     chroot: Option<&Path>,
 ) -> Result<PathBuf, CniError> {
     validate_plugin_type(plugin)?;
+    let mut skipped = Vec::new();
     for dir in path {
+        // A relative entry would resolve against whatever directory the runtime runs in.
+        if dir.is_relative() {
+            skipped.push(format!("{} (relative)", dir.display()));
+            continue;
+        }
         let candidate = dir.join(plugin);
         let seen = match chroot {
             Some(root) => root.join(candidate.strip_prefix("/").unwrap_or(&candidate)),
             None => candidate.clone(),
         };
-        if let Ok(meta) = std::fs::metadata(&seen) {
-            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate);
-            }
+        let Ok(meta) = std::fs::metadata(&seen) else {
+            continue;
+        };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
         }
+        // Anyone may replace what a world-writable directory or file holds: never run it as root.
+        if let Some(why) = unsafe_to_run(&seen, &meta) {
+            skipped.push(format!("{} ({why})", seen.display()));
+            continue;
+        }
+        return Ok(candidate);
     }
     let dirs: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
+    let skipped = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("; skipped {}", skipped.join(", "))
+    };
     Err(CniError::new(
         Code::DELEGATE_NOT_FOUND,
         format!(
-            "failed to find plugin \"{plugin}\" in path [{}]",
+            "failed to find plugin \"{plugin}\" in path [{}]{skipped}",
             dirs.join(":")
         ),
     ))
@@ -481,6 +519,47 @@ mod tests {
                 Code::INVALID_CONFIG,
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn plugins_anyone_could_have_planted_are_not_run() {
+        let exe = |p: &Path, mode: u32| {
+            std::fs::write(p, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let open = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        exe(&open.path().join("plug"), 0o755);
+        let loose = tempfile::tempdir().unwrap();
+        exe(&loose.path().join("plug"), 0o777);
+        let good = tempfile::tempdir().unwrap();
+        exe(&good.path().join("plug"), 0o755);
+        let rel = PathBuf::from("relative/dir");
+        let path = vec![
+            rel.clone(),
+            open.path().to_path_buf(),
+            loose.path().to_path_buf(),
+        ];
+        let e = find_plugin("plug", &path).unwrap_err();
+        assert_eq!(e.code, Code::DELEGATE_NOT_FOUND);
+        assert!(e.msg.contains("relative/dir (relative)"), "{}", e.msg);
+        assert!(e.msg.contains("in a world-writable directory"), "{}", e.msg);
+        assert!(e.msg.contains("plug (world-writable)"), "{}", e.msg);
+        let mut path = path;
+        path.push(good.path().to_path_buf());
+        assert_eq!(
+            find_plugin("plug", &path).unwrap(),
+            good.path().join("plug")
+        );
+        // Another user's binary (chown needs root, as the suite runs).
+        if nix::unistd::geteuid().is_root() {
+            let theirs = tempfile::tempdir().unwrap();
+            exe(&theirs.path().join("plug"), 0o755);
+            let nobody = Some(nix::unistd::Uid::from_raw(65534));
+            nix::unistd::chown(&theirs.path().join("plug"), nobody, None).unwrap();
+            let e = find_plugin("plug", &[theirs.path().to_path_buf()]).unwrap_err();
+            assert!(e.msg.contains("owned by another user"), "{}", e.msg);
         }
     }
 

@@ -8,7 +8,9 @@
 //! On ADD it prints `prevResult` unchanged when given one (as a chained meta plugin must), else a
 //! result with one interface named CNI_IFNAME and the config's `address`, in the config's
 //! cniVersion (or `answerVersion`, to test conversion). Other keys: `garbage` (print non-JSON),
-//! `sleepMs` (sleep that long first on the verbs in `sleepOn`, default `["ADD"]`: a slow delegate).
+//! `sleepMs` (sleep that long first on the verbs in `sleepOn`, default `["ADD"]`: a slow delegate),
+//! `floodBytes` (on ADD, print that many bytes of `x` and exit 0), `holdStdout` (on ADD, leave a
+//! `sleep` child holding stdout open, then answer and exit).
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -90,6 +92,27 @@ fn main() {
     }
     if command != "ADD" {
         return;
+    }
+    if command == "ADD" {
+        if let Some(n) = conf.get("floodBytes").and_then(Value::as_u64) {
+            let chunk = vec![b'x'; 1 << 16];
+            let mut out = std::io::stdout().lock();
+            let mut left = n as usize;
+            while left > 0 {
+                let k = left.min(chunk.len());
+                if out.write_all(&chunk[..k]).is_err() {
+                    return;
+                }
+                left -= k;
+            }
+            return;
+        }
+        if conf.get("holdStdout").and_then(Value::as_bool) == Some(true) {
+            let _ = std::process::Command::new("sleep")
+                .arg("3600")
+                .stdin(std::process::Stdio::null())
+                .spawn();
+        }
     }
     if conf.get("garbage").and_then(Value::as_bool) == Some(true) {
         println!("this is not json");
