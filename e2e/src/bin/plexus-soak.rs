@@ -1,0 +1,635 @@
+//! `scripts/soak`: one node under chaos, then a count of everything left behind.
+//!
+//! `plexus-soak [--workers N] [--cycles N] [--seed S]` (defaults 16, 1000, from the clock). As root,
+//! in private network namespaces (a "node" and one per sandbox) and a temporary directory, like the
+//! e2e suite. Workers run mixed ADD/CHECK/DEL cycles over pods with 0–3 extra networks (real
+//! bridge, macvlan, host-local, tuning and bandwidth), half through the exec'd plugin (thin, its own
+//! kubeconfig) and half through the shim and `plexus daemon`, against the fixture API server (a test
+//! fixture, not a kube-apiserver). Faults at random: SIGKILL of plexus mid-call, SIGKILL of a
+//! delegate, a delegate that hangs past its deadline, API errors and slowness, SIGKILL of the daemon
+//! (restarted), the netns deleted before DEL, duplicate DELs, DELs without an ADD, GCs whose
+//! valid-attachments leave some live sandboxes out.
+//!
+//! Then the runtime's final DEL of every container and a GC with nothing valid, and the count:
+//! links (node and netns), host-local reservations, cache records, device-info files, tc qdiscs,
+//! ifb devices, iptables rules. Every call must have succeeded or printed a CNI error object, none
+//! may have run past its deadline, and every DEL must have succeeded. Prints the faults per kind,
+//! what was left, the seed; ends with `soak: N calls, N faults, N leaks`. Exit 0 only with no leak
+//! and no violation.
+
+use plexus_e2e::daemon::NodeDaemon;
+use plexus_e2e::{sh, Fixture, TestEnv};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// xorshift64*: reproducible from the seed, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// The NADs pods pick from (name, config); `hang-x` only comes with the hang fault.
+fn nads(env: &TestEnv) -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "br-a",
+            json!({"cniVersion": "1.0.0", "name": "br-a", "type": "bridge", "bridge": "soakbr1",
+            "ipam": env.host_local("br-a", "10.201.0.0/16")}),
+        ),
+        (
+            "mv-b",
+            json!({"cniVersion": "1.0.0", "name": "mv-b", "type": "macvlan", "master": "soakm0",
+            "mode": "bridge", "ipam": env.host_local("mv-b", "10.202.0.0/16")}),
+        ),
+        (
+            "tuned-c",
+            json!({"cniVersion": "1.0.0", "name": "tuned-c", "plugins": [
+            {"type": "bridge", "bridge": "soakbr2", "ipam": env.host_local("tuned-c", "10.203.0.0/16")},
+            {"type": "tuning", "mtu": 1400, "promisc": true}]}),
+        ),
+        (
+            "bw-d",
+            json!({"cniVersion": "1.0.0", "name": "bw-d", "plugins": [
+            {"type": "bridge", "bridge": "soakbr3", "ipam": env.host_local("bw-d", "10.204.0.0/16")},
+            {"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 80_000,
+             "egressRate": 8_000_000, "egressBurst": 80_000}]}),
+        ),
+        (
+            "hang-x",
+            json!({"cniVersion": "1.0.0", "name": "hang-x", "type": "test-hang"}),
+        ),
+    ]
+}
+
+const IPAM_NETS: &[&str] = &["cluster", "br-a", "mv-b", "tuned-c", "bw-d"];
+const NODE_KEEP: &[&str] = &[
+    "lo", "soakbr0", "soakbr1", "soakbr2", "soakbr3", "soakm0", "soakm1",
+];
+/// Longer than any call may take: the delegate deadline (3 s) times the plugins of a pod, plus
+/// the API's slowness. A call past it hung.
+const HUNG: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    KillPlexus,
+    KillDelegate,
+}
+
+struct Node {
+    env: TestEnv,
+    api: Fixture,
+    daemon: Mutex<Option<NodeDaemon>>,
+    thin: Value,
+    shim: Value,
+    /// Sandboxes the runtime believes in (from just before ADD to after their DEL): (id, netns).
+    live: Mutex<BTreeMap<String, String>>,
+    /// Every container ID used, with its netns path: the runtime's final DEL covers them all.
+    all: Mutex<BTreeMap<String, String>>,
+    calls: AtomicUsize,
+    faults: Mutex<BTreeMap<&'static str, usize>>,
+    /// How calls ended, by verb: "ADD ok", "ADD code 11", "DEL killed", …
+    outcomes: Mutex<BTreeMap<String, usize>>,
+    violations: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl Node {
+    fn fault(&self, kind: &'static str) {
+        *self.faults.lock().unwrap().entry(kind).or_default() += 1;
+    }
+    fn outcome(&self, what: String) {
+        *self.outcomes.lock().unwrap().entry(what).or_default() += 1;
+    }
+    fn violation(&self, v: String) {
+        eprintln!("soak: VIOLATION {v}");
+        self.violations.lock().unwrap().push(v);
+    }
+
+    /// One CNI call as the runtime makes it; `fault` kills plexus or its delegate partway.
+    /// Returns the exit code (None if we killed it).
+    #[allow(clippy::too_many_arguments)] // one CNI call's whole environment, spelled out
+    fn call(
+        &self,
+        rng: &mut Rng,
+        conf: &Value,
+        verb: &str,
+        id: &str,
+        netns: &str,
+        pod: &str,
+        fault: Fault,
+    ) -> Option<i32> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.env.node])
+            .arg(plexus_e2e::plexus_bin())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", &self.env.plugins)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn plexus");
+        let pid = child.id() as i32;
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let killed = match fault {
+            Fault::None => false,
+            Fault::KillPlexus | Fault::KillDelegate => {
+                std::thread::sleep(Duration::from_millis(rng.below(150)));
+                if fault == Fault::KillPlexus {
+                    // SAFETY: a plain kill(2) of our own child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    self.fault("kill plexus");
+                } else {
+                    let _ = Command::new("pkill")
+                        .args(["-KILL", "-P", &pid.to_string()])
+                        .status();
+                    self.fault("kill delegate");
+                }
+                true
+            }
+        };
+        let out = match rx.recv_timeout(HUNG) {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                self.violation(format!("{verb} {id}: {e}"));
+                return None;
+            }
+            Err(_) => {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                self.violation(format!("{verb} {id}: still running after {HUNG:?}"));
+                return None;
+            }
+        };
+        let code = out.status.code();
+        if killed && fault == Fault::KillPlexus {
+            self.outcome(format!("{verb} killed"));
+            return None;
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match code {
+            Some(0) => self.outcome(format!("{verb} ok")),
+            _ => {
+                let c = serde_json::from_str::<Value>(&stdout)
+                    .ok()
+                    .and_then(|v| v["code"].as_u64());
+                eprintln!("soak: {verb} {id}: {}", stdout.trim());
+                self.outcome(format!(
+                    "{verb} CNI error code {}",
+                    c.map_or("?".into(), |c| c.to_string())
+                ));
+            }
+        }
+        match code {
+            Some(0) => {
+                if verb == "ADD" && serde_json::from_str::<Value>(&stdout).is_err() {
+                    self.violation(format!("{verb} {id}: exit 0 without a result: {stdout:?}"));
+                }
+            }
+            Some(c) => match serde_json::from_str::<Value>(&stdout) {
+                Ok(v) if v["code"].is_u64() && v["msg"].is_string() => {}
+                _ => self.violation(format!(
+                    "{verb} {id}: exit {c} without a CNI error object: {stdout:?}"
+                )),
+            },
+            None => self.violation(format!("{verb} {id}: killed by {:?}", out.status)),
+        }
+        code
+    }
+
+    /// DEL until it succeeds (a runtime retries a failed DEL); a DEL that fails on its own, with
+    /// no fault of ours, is a violation.
+    fn del(&self, rng: &mut Rng, conf: &Value, id: &str, netns: &str, pod: &str, fault: Fault) {
+        match self.call(rng, conf, "DEL", id, netns, pod, fault) {
+            Some(0) => {}
+            None if fault != Fault::None => {
+                self.call(rng, conf, "DEL", id, netns, pod, Fault::None);
+            }
+            other => {
+                self.violation(format!("DEL {id} failed: {other:?}"));
+            }
+        }
+    }
+
+    fn worker(&self, w: usize, cycles: usize, seed: u64) {
+        let mut rng = Rng::new(seed ^ ((w as u64 + 1) << 32));
+        let pool = ["br-a", "mv-b", "tuned-c", "bw-d"];
+        for c in 0..cycles {
+            let id = format!("soak-{w}-{c}");
+            let pod = format!("pod-{w}-{c}");
+            let ns = format!("plxs-{}-{w}-{c}", std::process::id());
+            let netns = format!("/run/netns/{ns}");
+            sh(&["ip", "netns", "add", &ns]);
+            let mut picked: Vec<&str> = pool.to_vec();
+            let n = rng.below(4) as usize;
+            while picked.len() > n {
+                picked.remove(rng.below(picked.len() as u64) as usize);
+            }
+            if rng.chance(3) || (w == 0 && c == 1) {
+                picked.push("hang-x");
+                self.fault("delegate hangs past its deadline");
+            }
+            let annotation = picked.join(",");
+            let mut ann = json!({});
+            if !annotation.is_empty() {
+                ann["k8s.v1.cni.cncf.io/networks"] = json!(annotation);
+            }
+            self.api.create_pod("default", &pod, ann);
+            let conf = if rng.chance(50) {
+                &self.thin
+            } else {
+                &self.shim
+            };
+            self.all.lock().unwrap().insert(id.clone(), netns.clone());
+            self.live.lock().unwrap().insert(id.clone(), netns.clone());
+            let fault = match rng.below(100) {
+                0..=7 => Fault::KillPlexus,
+                8..=12 => Fault::KillDelegate,
+                _ => Fault::None,
+            };
+            let added = self.call(&mut rng, conf, "ADD", &id, &netns, &pod, fault) == Some(0);
+            if added && rng.chance(30) {
+                self.call(&mut rng, conf, "CHECK", &id, &netns, &pod, Fault::None);
+            }
+            if rng.chance(5) {
+                sh(&["ip", "netns", "del", &ns]);
+                self.fault("netns deleted before DEL");
+            }
+            let del_fault = if rng.chance(5) {
+                Fault::KillPlexus
+            } else {
+                Fault::None
+            };
+            self.del(&mut rng, conf, &id, &netns, &pod, del_fault);
+            if rng.chance(10) {
+                self.fault("duplicate DEL");
+                self.del(&mut rng, conf, &id, &netns, &pod, Fault::None);
+            }
+            self.live.lock().unwrap().remove(&id);
+            if rng.chance(3) {
+                self.fault("DEL without ADD");
+                let never = format!("soak-never-{w}-{c}");
+                self.del(&mut rng, conf, &never, &netns, &pod, Fault::None);
+            }
+            let _ = self.api.call(
+                "DELETE",
+                &format!("/api/v1/namespaces/default/pods/{pod}"),
+                None,
+            );
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        }
+    }
+
+    /// GC now and then, its valid-attachments leaving out a live sandbox one time in five.
+    fn gc_loop(&self, seed: u64) {
+        let mut rng = Rng::new(seed ^ 0x6763);
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
+            let mut valid: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
+            if !valid.is_empty() && rng.chance(20) {
+                valid.remove(rng.below(valid.len() as u64) as usize);
+                self.fault("GC with partial valid-attachments");
+            }
+            let conf = if rng.chance(50) {
+                &self.thin
+            } else {
+                &self.shim
+            };
+            self.gc(&mut rng, conf, &valid);
+        }
+    }
+
+    fn gc(&self, rng: &mut Rng, conf: &Value, valid: &[String]) {
+        let list: Vec<Value> = valid
+            .iter()
+            .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+            .collect();
+        let mut c = conf.clone();
+        c["cni.dev/valid-attachments"] = json!(list);
+        c["cni.dev/attachments"] = json!(list);
+        c["cniVersion"] = json!("1.1.0");
+        // GC is for the whole network: no container, no netns.
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let _ = rng;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.env.node])
+            .arg(plexus_e2e::plexus_bin())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", "GC")
+            .env("CNI_PATH", &self.env.plugins)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn plexus");
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(c.to_string().as_bytes());
+        let out = child.wait_with_output().expect("wait");
+        self.outcome(format!(
+            "GC {}",
+            if out.status.success() {
+                "ok"
+            } else {
+                "CNI error"
+            }
+        ));
+        if !out.status.success() {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            match serde_json::from_str::<Value>(&stdout) {
+                Ok(v) if v["code"].is_u64() && v["msg"].is_string() => {}
+                _ => self.violation(format!(
+                    "GC: {:?} without a CNI error: {stdout:?}",
+                    out.status
+                )),
+            }
+        }
+    }
+
+    /// Kill the daemon now and then, and start it again.
+    fn daemon_loop(&self, seed: u64) {
+        let mut rng = Rng::new(seed ^ 0x6461);
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1500 + rng.below(3000)));
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut d = self.daemon.lock().unwrap();
+            if let Some(d) = d.as_mut() {
+                d.kill();
+                self.fault("kill daemon");
+                std::thread::sleep(Duration::from_millis(rng.below(500)));
+                d.restart(&self.api);
+            }
+        }
+    }
+
+    /// API errors and slowness now and then (the fixture's faults expire after `times`).
+    fn api_loop(&self, seed: u64) {
+        let mut rng = Rng::new(seed ^ 0x6170);
+        let mut first = true;
+        while !self.stop.load(Ordering::Relaxed) {
+            if !std::mem::take(&mut first) {
+                std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
+            }
+            if rng.chance(50) {
+                self.api
+                    .fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods",
+                    "method": "GET", "status": 500, "times": 1 + rng.below(3), "watch": false}));
+                self.fault("API server error");
+            } else {
+                self.api.fault(
+                    json!({"pathPrefix": "/api", "method": "GET", "delayMs": 200 + rng.below(800),
+                    "times": 1 + rng.below(4), "watch": false}),
+                );
+                self.fault("API server slow");
+            }
+        }
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<u64> {
+    let i = args.iter().position(|a| a == name)?;
+    match args.get(i + 1).and_then(|v| v.parse().ok()) {
+        Some(v) => Some(v),
+        None => {
+            eprintln!("plexus-soak: {name} needs a number");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for a in &args {
+        if a.starts_with("--") && !["--workers", "--cycles", "--seed"].contains(&a.as_str()) {
+            eprintln!("usage: plexus-soak [--workers N] [--cycles N] [--seed S]");
+            std::process::exit(2);
+        }
+    }
+    let workers = arg(&args, "--workers").unwrap_or(16).max(1) as usize;
+    let cycles = arg(&args, "--cycles").unwrap_or(1000) as usize;
+    let seed = arg(&args, "--seed").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let t0 = Instant::now();
+    eprintln!("soak: seed {seed}, {workers} workers, {cycles} cycles");
+
+    let env = TestEnv::new("soak");
+    let api = Fixture::start_tls(&env, "soak-token");
+    env.node_veth("soakm0", "soakm1");
+    for (name, config) in nads(&env) {
+        api.create_nad("default", name, &config);
+    }
+    let mut ipam = env.host_local("cluster", "10.200.0.0/16");
+    ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    let cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [
+        {"type": "bridge", "bridge": "soakbr0", "isGateway": true, "ipMasq": false, "ipam": ipam}]});
+    let mut base = env.plexus_conf("1.1.0", vec![cluster]);
+    base["delegateTimeoutSeconds"] = json!(3);
+    base["deviceInfoDir"] = json!(env.path().join("devinfo"));
+    base["logFile"] = json!(env.path().join("plexus.log"));
+    base["logToStderr"] = json!(false);
+    base["logLevel"] = json!("verbose");
+    let mut thin = base.clone();
+    thin["kubeconfig"] = json!(api.kubeconfig);
+    let daemon = NodeDaemon::start(&env, &api, json!({"logLevel": "verbose"}));
+    let mut shim = base.clone();
+    shim["daemonSocketDir"] = json!(daemon.socket_dir);
+    let iptables_before = sh(&["ip", "netns", "exec", &env.node, "iptables-save"]);
+    let count_rules = |s: &str| {
+        s.lines()
+            .filter(|l| l.starts_with('-') || l.starts_with(':'))
+            .count()
+    };
+    let node = Node {
+        env,
+        api,
+        daemon: Mutex::new(Some(daemon)),
+        thin,
+        shim,
+        live: Mutex::new(BTreeMap::new()),
+        all: Mutex::new(BTreeMap::new()),
+        calls: AtomicUsize::new(0),
+        faults: Mutex::new(BTreeMap::new()),
+        outcomes: Mutex::new(BTreeMap::new()),
+        violations: Mutex::new(vec![]),
+        stop: AtomicBool::new(false),
+    };
+
+    // Cycles split over the workers.
+    std::thread::scope(|s| {
+        let n = &node;
+        let gc = s.spawn(move || n.gc_loop(seed));
+        let dm = s.spawn(move || n.daemon_loop(seed));
+        let ap = s.spawn(move || n.api_loop(seed));
+        let mut handles = vec![];
+        for w in 0..workers {
+            let share = cycles / workers + usize::from(w < cycles % workers);
+            handles.push(s.spawn(move || n.worker(w, share, seed)));
+        }
+        for h in handles {
+            if h.join().is_err() {
+                n.violation("a worker panicked".into());
+            }
+        }
+        n.stop.store(true, Ordering::Relaxed);
+        for h in [gc, dm, ap] {
+            let _ = h.join();
+        }
+    });
+    node.api.clear_faults();
+
+    // The runtime's final DEL of every container, and a GC that keeps nothing.
+    let mut rng = Rng::new(seed ^ 0xde1);
+    let all: Vec<(String, String)> = node
+        .all
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    for (id, netns) in &all {
+        node.del(&mut rng, &node.thin, id, netns, "final", Fault::None);
+    }
+    node.gc(&mut rng, &node.thin, &[]);
+    node.gc(&mut rng, &node.shim, &[]);
+
+    // What is left.
+    let env = &node.env;
+    let mut leaks: Vec<String> = vec![];
+    for l in env.node_links() {
+        if !NODE_KEEP.contains(&l.as_str()) {
+            leaks.push(format!("node link {l}"));
+        }
+    }
+    let netns_left = sh(&["ip", "netns", "list"]);
+    for l in netns_left.lines() {
+        let name = l.split_whitespace().next().unwrap_or("");
+        if name.starts_with(&format!("plxs-{}-", std::process::id())) {
+            leaks.push(format!("netns {name}"));
+        }
+    }
+    for net in IPAM_NETS {
+        for r in env.reservations(net) {
+            leaks.push(format!("host-local {net} reservation {r}"));
+        }
+    }
+    for f in env.cache_files() {
+        leaks.push(format!("cache record {f}"));
+    }
+    for f in files_under(&env.path().join("devinfo")) {
+        leaks.push(format!("device-info file {f}"));
+    }
+    let qdiscs = sh(&["ip", "netns", "exec", &env.node, "tc", "qdisc", "show"]);
+    for q in qdiscs.lines() {
+        if q.contains("tbf") || q.contains("ingress") {
+            leaks.push(format!("tc qdisc {q}"));
+        }
+    }
+    let iptables_after = sh(&["ip", "netns", "exec", &env.node, "iptables-save"]);
+    let (before, after) = (count_rules(&iptables_before), count_rules(&iptables_after));
+    if after > before {
+        leaks.push(format!("{} iptables rules/chains", after - before));
+    }
+
+    let faults = node.faults.lock().unwrap().clone();
+    let violations = node.violations.lock().unwrap().clone();
+    let calls = node.calls.load(Ordering::Relaxed);
+    let nfaults: usize = faults.values().sum();
+    println!(
+        "soak: seed {seed}, {workers} workers, {cycles} cycles, {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    println!("faults injected:");
+    for (k, v) in &faults {
+        println!("  {v:>6}  {k}");
+    }
+    println!("calls ended:");
+    for (k, v) in node.outcomes.lock().unwrap().iter() {
+        println!("  {v:>6}  {k}");
+    }
+    println!(
+        "checked: links (node, netns), host-local reservations, cache records, device-info files, tc qdiscs, ifb devices, iptables rules"
+    );
+    if leaks.is_empty() {
+        println!("left over: nothing");
+    } else {
+        println!("left over:");
+        for l in &leaks {
+            println!("  {l}");
+        }
+    }
+    if !violations.is_empty() {
+        println!("protocol violations:");
+        for v in &violations {
+            println!("  {v}");
+        }
+    }
+    println!("replay: scripts/soak --workers {workers} --cycles {cycles} --seed {seed}");
+    println!(
+        "soak: {calls} calls, {nfaults} faults, {} leaks",
+        leaks.len()
+    );
+    drop(node);
+    if !leaks.is_empty() || !violations.is_empty() {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,29 @@
+//! The leak soak (`scripts/soak`), small: 4 workers, 48 cycles, a fixed seed, every fault kind
+//! the full soak injects. It must end with no leak and no protocol violation.
+
+use plexus_e2e as common;
+
+#[test]
+fn a_small_soak_under_chaos_leaks_nothing() {
+    common::require_root();
+    let out = std::process::Command::new(common::target_dir().join("plexus-soak"))
+        .args(["--workers", "4", "--cycles", "48", "--seed", "20261202"])
+        .output()
+        .expect("run plexus-soak (build the workspace first)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    let last = stdout.lines().last().unwrap_or("");
+    assert!(
+        out.status.success() && last.starts_with("soak: ") && last.ends_with(", 0 leaks"),
+        "soak failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let faults: usize = last
+        .split(", ")
+        .nth(1)
+        .and_then(|f| f.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(faults >= 5, "too few faults to mean anything: {last}");
+}
