@@ -946,9 +946,23 @@ impl TestEnv {
                 "IP reservations left in {n}"
             );
         }
-        let mut node = self.node_links();
-        node.retain(|l| l != "lo" && !keep.contains(&l.as_str()));
-        assert!(node.is_empty(), "node links left: {node:?}");
+        // The container's netns dies with its last process, and the kernel tears a dead netns
+        // down asynchronously: a veth whose peer was in it may outlive the runtime's DEL by a
+        // moment (when the DEL found the netns gone, it had nothing to delete). Give the kernel
+        // that moment; a link still there after it is a leak.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut node = self.node_links();
+            node.retain(|l| l != "lo" && !keep.contains(&l.as_str()));
+            if node.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node links left: {node:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
 
