@@ -112,7 +112,7 @@ pub fn shipped_cni_version() -> String {
 }
 
 /// The roles of `plexus-standin` (see its docs), linked into every test's binDir.
-pub const STANDINS: [&str; 11] = [
+pub const STANDINS: [&str; 14] = [
     "test-sriov",
     "sriov",
     "ipvlan",
@@ -124,6 +124,9 @@ pub const STANDINS: [&str; 11] = [
     "cilium-cni",
     "aws-cni",
     "flannel",
+    "weave-net",
+    "azure-vnet",
+    "azure-vnet-ipam",
 ];
 
 pub struct TestEnv {

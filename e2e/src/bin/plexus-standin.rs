@@ -27,6 +27,19 @@
 //!   permanent neighbour, and the result's quirks: the container interface's `mac` holds the
 //!   route table id and a third "dummy" interface packs VLAN id and device number into `mac` and
 //!   `sandbox`; DEL tears down from that `prevResult`.
+//! - `weave-net`: Weave Net's plugin. The `weave` bridge (conf `bridge`) is the weave router's;
+//!   the stand-in makes it with 10.32.0.1/12 when it is missing. Host veth `vethwepl<id[:7]>` on
+//!   the bridge (hairpin with `hairpinMode`), MTU `mtu` or 1376; the address from Weave's own IPAM
+//!   (no `ipam` section: 10.32.0.0/12, kept in files where the real one asks the router), default
+//!   route via the bridge's IP. Refuses `isGateway` and `ipMasq`, as the real one. Result: `ips`
+//!   only (no `interfaces`, no interface index). DEL deletes CNI_IFNAME in the pod and releases.
+//! - `azure-vnet` + `azure-vnet-ipam`: the Azure CNI. `mode` `transparent` (AKS's): host veth
+//!   `azv<sha1(containerID[:8]-ifname)[:11]>`, the pod address with its VNet prefix, default via
+//!   169.254.1.1 (a link route to it, a permanent neighbour entry to the host veth's MAC), and a
+//!   /32 host route to the pod; `bridge`: the veth on the `azure0` bridge (made if missing; the
+//!   real plugin moves the VM's NIC into it), default via the VNet gateway. `azure-vnet-ipam`
+//!   gives 10.240.0.0/16 with gateway 10.240.0.1. Result: the interface with a MAC but no
+//!   `sandbox`, IPs with a gateway and no interface index, the default route, `dns`.
 //! - `flannel`: reads `subnetFile`, builds the delegate config (bridge + host-local by default),
 //!   saves it under `dataDir/<containerID>`, delegates ADD/DEL to the real plugin.
 
@@ -355,6 +368,9 @@ fn main() {
         "cilium-cni" => cilium(&c),
         "aws-cni" => aws(&c),
         "flannel" => flannel(&c),
+        "weave-net" => weave(&c),
+        "azure-vnet" => azure_vnet(&c),
+        "azure-vnet-ipam" => azure_ipam(&c),
         _ => c.fail(4, format!("unknown stand-in role {role}")),
     }
 }
@@ -926,6 +942,215 @@ fn flannel(c: &Cni) {
                 c.fail(11, e);
             }
             let _ = std::fs::remove_file(&saved);
+        }
+        _ => {}
+    }
+}
+
+// ---- Weave Net ----
+
+const WEAVE_POOL: &str = "10.32.0.0/12";
+const WEAVE_BRIDGE_IP: &str = "10.32.0.1";
+
+fn weave(c: &Cni) {
+    let bridge = c.conf["bridge"].as_str().unwrap_or("weave");
+    let id: String = c.cid.chars().take(7).collect();
+    let host = format!("vethwepl{id}");
+    let key = c.key();
+    match c.command.as_str() {
+        "ADD" => {
+            if c.conf["isGateway"] == true {
+                c.fail(999, "Gateway functionality not supported");
+            }
+            if c.conf["ipMasq"] == true {
+                c.fail(999, "IP Masquerading functionality not supported");
+            }
+            if !link_exists(bridge) {
+                // The weave router's job on a real node (`weave expose` gives it its address).
+                c.ip(&["link", "add", bridge, "type", "bridge"]);
+                c.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{WEAVE_BRIDGE_IP}/12"),
+                    "dev",
+                    bridge,
+                ]);
+                c.ip(&["link", "set", "dev", bridge, "up"]);
+            }
+            let (ip, prefix) = if c.conf["ipam"]["type"].is_string() {
+                let r = c.ipam("ADD");
+                let a = r["ips"][0]["address"].as_str().unwrap_or("").to_string();
+                match a.split_once('/') {
+                    Some((ip, p)) => (ip.to_string(), p.to_string()),
+                    None => c.fail(999, "IPAM plugin failed to allocate IP address"),
+                }
+            } else {
+                let (a, p) = parse_cidr(WEAVE_POOL).unwrap();
+                let first = u32::from(a) + 2;
+                let last = (u32::from(a) | !mask(p)) - 1;
+                let ip = allocate("weave-ipam", first, last, &[], &key)
+                    .unwrap_or_else(|e| c.fail(999, format!("unable to allocate IP address: {e}")));
+                (ip.to_string(), p.to_string())
+            };
+            let mtu = c.conf["mtu"].as_u64().unwrap_or(1376).to_string();
+            if link_exists(&host) {
+                let _ = run("ip", &["link", "del", "dev", &host]);
+            }
+            c.veth(&host, Some(&mtu));
+            c.ip(&["link", "set", "dev", &host, "master", bridge]);
+            if c.conf["hairpinMode"] == true {
+                c.ip(&[
+                    "link",
+                    "set",
+                    "dev",
+                    &host,
+                    "type",
+                    "bridge_slave",
+                    "hairpin",
+                    "on",
+                ]);
+            }
+            c.pod_ip(&["addr", "add", &format!("{ip}/{prefix}"), "dev", &c.ifname]);
+            c.pod_ip(&["link", "set", "dev", &c.ifname, "up"]);
+            c.pod_ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                WEAVE_BRIDGE_IP,
+                "dev",
+                &c.ifname,
+            ]);
+            c.print(json!({
+                "ips": [{"address": format!("{ip}/{prefix}"), "gateway": WEAVE_BRIDGE_IP}],
+                "dns": c.conf.get("dns").cloned().unwrap_or(json!({})),
+            }));
+        }
+        "DEL" => {
+            if Path::new(&c.netns).exists() {
+                let ns = c.ns_name();
+                if run("ip", &["-n", &ns, "link", "show", "dev", &c.ifname]).is_ok() {
+                    c.pod_ip(&["link", "del", "dev", &c.ifname]);
+                }
+            }
+            if c.conf["ipam"]["type"].is_string() {
+                c.ipam("DEL");
+            } else {
+                release("weave-ipam", &key);
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---- Azure CNI ----
+
+const AZURE_POOL: &str = "10.240.0.0/16";
+const AZURE_GATEWAY: &str = "10.240.0.1";
+const AZURE_TRANSPARENT_GW: &str = "169.254.1.1";
+
+fn azure_ipam(c: &Cni) {
+    let key = c.key();
+    match c.command.as_str() {
+        "ADD" => {
+            let (first, last) = pool_hosts(AZURE_POOL).unwrap();
+            let ip = allocate("azure-vnet-ipam", first, last, &[], &key)
+                .unwrap_or_else(|e| c.fail(11, e));
+            c.print(json!({
+                "ips": [{"address": format!("{ip}/16"), "gateway": AZURE_GATEWAY}],
+                "routes": [{"dst": "0.0.0.0/0", "gw": AZURE_GATEWAY}],
+            }));
+        }
+        "DEL" => {
+            release("azure-vnet-ipam", &key);
+        }
+        _ => {}
+    }
+}
+
+fn azure_vnet(c: &Cni) {
+    let endpoint = format!("{}-{}", c.cid.chars().take(8).collect::<String>(), c.ifname);
+    let host = format!("azv{}", &sha1_hex(&endpoint)[..11]);
+    let mode = c.conf["mode"].as_str().unwrap_or("transparent");
+    if mode != "transparent" && mode != "bridge" {
+        c.fail(
+            7,
+            format!("unsupported mode {mode} (the stand-in has transparent and bridge)"),
+        );
+    }
+    match c.command.as_str() {
+        "ADD" => {
+            let ipam = c.ipam("ADD");
+            let Some(addr) = ipam["ips"][0]["address"].as_str().map(String::from) else {
+                c.fail(11, format!("IPAM returned no address: {ipam}"))
+            };
+            let ip = addr.split('/').next().unwrap_or("").to_string();
+            let gw = ipam["ips"][0]["gateway"]
+                .as_str()
+                .unwrap_or(AZURE_GATEWAY)
+                .to_string();
+            if link_exists(&host) {
+                let _ = run("ip", &["link", "del", "dev", &host]);
+            }
+            c.veth(&host, None);
+            c.pod_ip(&["addr", "add", &addr, "dev", &c.ifname]);
+            c.pod_ip(&["link", "set", "dev", &c.ifname, "up"]);
+            if mode == "transparent" {
+                let host_mac = serde_json::from_str::<Value>(
+                    &run("ip", &["-j", "link", "show", "dev", &host]).unwrap_or_default(),
+                )
+                .unwrap_or(Value::Null)[0]["address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let gw0 = AZURE_TRANSPARENT_GW;
+                c.pod_ip(&["route", "add", gw0, "dev", &c.ifname, "scope", "link"]);
+                c.pod_ip(&["route", "add", "default", "via", gw0, "dev", &c.ifname]);
+                c.pod_ip(&[
+                    "neigh",
+                    "add",
+                    gw0,
+                    "lladdr",
+                    &host_mac,
+                    "dev",
+                    &c.ifname,
+                    "nud",
+                    "permanent",
+                ]);
+                c.ip(&[
+                    "route",
+                    "add",
+                    &format!("{ip}/32"),
+                    "dev",
+                    &host,
+                    "scope",
+                    "link",
+                ]);
+            } else {
+                if !link_exists("azure0") {
+                    c.ip(&["link", "add", "azure0", "type", "bridge"]);
+                    c.ip(&["addr", "add", &format!("{gw}/16"), "dev", "azure0"]);
+                    c.ip(&["link", "set", "dev", "azure0", "up"]);
+                }
+                c.ip(&["link", "set", "dev", &host, "master", "azure0"]);
+                c.pod_ip(&["route", "add", "default", "via", &gw, "dev", &c.ifname]);
+            }
+            c.print(json!({
+                // Azure's result: the interface by name and MAC, no sandbox; IPs without an index.
+                "interfaces": [{"name": c.ifname, "mac": c.pod_mac()}],
+                "ips": [{"address": addr, "gateway": gw}],
+                "routes": [{"dst": "0.0.0.0/0", "gw": gw}],
+                "dns": match c.conf["dns"]["Nameservers"].as_array() {
+                    Some(n) => json!({"nameservers": n}),
+                    None => json!({}),
+                },
+            }));
+        }
+        "DEL" => {
+            c.ipam("DEL");
+            if link_exists(&host) {
+                c.ip(&["link", "del", "dev", &host]);
+            }
         }
         _ => {}
     }
