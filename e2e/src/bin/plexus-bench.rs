@@ -770,15 +770,50 @@ fn main() {
     let size = std::fs::metadata(plexus_bin())
         .map(|m| m.len())
         .unwrap_or(0);
+    // What the cache's durability costs: its write pattern (temp file, fdatasync, rename, fsync of
+    // the directory) against the same write without the two syncs, on plexus's cniDir's
+    // filesystem. An ADD makes two such writes (the pending record, the final one).
+    let (durable, plain) = {
+        use std::io::Write as _;
+        let dir = b.env.cni_dir().join("bench-sync");
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = vec![b'x'; 2048];
+        let write = |sync: bool| {
+            let t = Instant::now();
+            let tmp = dir.join("rec.tmp");
+            let mut f = std::fs::File::create(&tmp).unwrap();
+            f.write_all(&body).unwrap();
+            if sync {
+                f.sync_data().unwrap();
+            }
+            std::fs::rename(&tmp, dir.join("rec.json")).unwrap();
+            if sync {
+                std::fs::File::open(&dir).unwrap().sync_all().unwrap();
+            }
+            ms(t.elapsed())
+        };
+        let (mut d, mut p) = (vec![], vec![]);
+        for _ in 0..100 {
+            d.push(write(true));
+            p.push(write(false));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        (stats(d), stats(p))
+    };
     out.push_str(&format!(
-        "\n### Start-up and memory\n\n| what | value |\n|---|---|\n| plexus VERSION, median (p99) | {pv:.2} ms ({pv99:.2} ms) |\n| bridge VERSION (a Go reference plugin), median (p99) | {bv:.2} ms ({bv99:.2} ms) |\n| peak RSS of one plexus ADD, 1 extra network (wait4: the larger of plexus and the delegates it reaped; plexus alone logs its own at debug level) | {} KiB |\n| plexus binary size | {:.1} MiB |\n",
+        "\n### Start-up and memory\n\n| what | value |\n|---|---|\n| plexus VERSION, median (p99) | {pv:.2} ms ({pv99:.2} ms) |\n| bridge VERSION (a Go reference plugin), median (p99) | {bv:.2} ms ({bv99:.2} ms) |\n| peak RSS of one plexus ADD, 1 extra network (wait4: the larger of plexus and the delegates it reaped; plexus alone logs its own at debug level) | {} KiB |\n| plexus binary size | {:.1} MiB |\n| one durable cache write (fdatasync + directory fsync), median (p99) | {:.2} ms ({:.2} ms) |\n| the same write without the syncs, median (p99) | {:.2} ms ({:.2} ms) |\n| durability's cost per ADD (2 writes), median | {:.2} ms |\n",
         add.maxrss_kb,
-        size as f64 / (1 << 20) as f64
+        size as f64 / (1 << 20) as f64,
+        durable.0,
+        durable.1,
+        plain.0,
+        plain.1,
+        2.0 * (durable.0 - plain.0)
     ));
     print!("{out}");
     if let Some(path) = write {
         let doc = format!(
-            "# plexus benchmarks\n\nThe cost plexus adds per pod, against the floor: the same delegates with the same configs run directly, one exec per plugin. Measured by `scripts/bench` (see \"Reproduce\").\n\n{out}\n## Reproduce\n\n```sh\nscripts/bench            # as root; prints this table and rewrites docs/benchmarks.md\n```\n\nThe harness (`e2e/src/bin/plexus-bench.rs`) runs in a private \"node\" network namespace, with the fixture API server for plexus (not a real kube-apiserver), the release build of plexus, and the Debian reference plugins. plexus and the floor alternate, iteration by iteration; medians and p99 come from the same run. Criterion micro-benchmarks of the pure parts: `cargo bench -p plexus`.\n"
+            "# plexus benchmarks\n\nThe cost plexus adds per pod, against the floor: the same delegates with the same configs run directly, one exec per plugin. Measured by `scripts/bench` (see \"Reproduce\"). The targets, and what the profiles show where one is missed: [performance.md](performance.md).\n\n{out}\n## Reproduce\n\n```sh\nscripts/bench            # as root; prints this table and rewrites docs/benchmarks.md\n```\n\nThe harness (`e2e/src/bin/plexus-bench.rs`) runs in a private \"node\" network namespace, with the fixture API server for plexus (not a real kube-apiserver), the release build of plexus, and the Debian reference plugins. plexus and the floor alternate, iteration by iteration; medians and p99 come from the same run. Criterion micro-benchmarks of the pure parts: `cargo bench -p plexus`.\n"
         );
         std::fs::write(&path, doc).unwrap();
         eprintln!("wrote {path}");
