@@ -77,10 +77,17 @@ pub fn forward(
     match reply.status {
         200 if reply.body.iter().all(u8::is_ascii_whitespace) => Forward::Answer(Ok(None)),
         200 => {
-            let parsed = serde_json::from_slice::<Value>(&reply.body)
-                .ok()
-                .and_then(|v| v.get("Result").cloned());
-            match parsed {
+            let Ok(answer) = serde_json::from_slice::<Value>(&reply.body) else {
+                return Forward::Answer(Err(CniError::new(
+                    Code::IO,
+                    format!(
+                        "plexus daemon at {} answered 200 with a body that is not JSON: {}",
+                        socket.display(),
+                        String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]).trim()
+                    ),
+                )));
+            };
+            match answer.get("Result").cloned() {
                 Some(Value::Null) | None => Forward::Answer(Ok(None)),
                 Some(r) => Forward::Answer(
                     CniResult::from_value(r, Version::V1_0_0)

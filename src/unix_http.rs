@@ -99,7 +99,7 @@ pub fn call(
             .filter(|d| !d.is_zero())
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply in time"))
     };
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let mut stream = connect(socket, deadline)?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -141,22 +141,90 @@ pub fn call(
             return Ok(reply);
         }
     }
-    parse_reply(&buf)?.map_or_else(
-        || {
-            // EOF: a reply without a length ends here.
-            let (status, body_at, _) = parse_head(&buf)?.ok_or_else(|| {
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed before a reply",
-                )
-            })?;
-            Ok(Reply {
-                status,
-                body: buf[body_at..].to_vec(),
-            })
-        },
-        Ok,
-    )
+    // EOF before the reply was complete: that ends only a reply that declared no length.
+    match parse_head(&buf)? {
+        Some((status, body_at, Framing::UntilEof)) => Ok(Reply {
+            status,
+            body: buf[body_at..].to_vec(),
+        }),
+        Some(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed in the middle of the reply",
+        )),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a reply",
+        )),
+    }
+}
+
+/// Connect within the deadline: a blocking connect to a unix socket waits for as long as the
+/// listener's backlog is full (a daemon at its connection limit, or stopped), so connect
+/// non-blocking and retry while it answers EAGAIN.
+fn connect(
+    socket: &Path,
+    deadline: std::time::Instant,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let path = socket.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid (empty) value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a plain syscall; the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    loop {
+        use std::os::fd::AsRawFd;
+        // SAFETY: addr is a valid sockaddr_un of `len` bytes.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                len,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Some(libc::EAGAIN) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the daemon's socket accepted no connection in time",
+                ))
+            }
+            _ => return Err(e),
+        }
+    }
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }
 
 /// How the body is framed.
@@ -241,7 +309,10 @@ fn dechunk(mut rest: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
                     .then_some(body),
             );
         }
-        if rest.len() < data + size + 2 {
+        if size > MAX_REPLY {
+            return Err(bad("chunk larger than the reply cap"));
+        }
+        if rest.len() - data < size + 2 {
             return Ok(None);
         }
         body.extend_from_slice(&rest[data..data + size]);
@@ -252,6 +323,41 @@ fn dechunk(mut rest: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_chunk_sizes_and_cut_replies_are_errors_not_panics() {
+        assert!(parse_reply(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\nab"
+        )
+        .is_err());
+        assert!(parse_reply(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7fffffffffffffff\r\nab"
+        )
+        .is_err());
+        // A reply cut short by EOF: an error, never a short body.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let t = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = [0u8; 1024];
+            let _ = c.read(&mut b);
+            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"Resu")
+                .unwrap();
+        });
+        let e = call(
+            &sock,
+            "POST",
+            "/cni",
+            None,
+            b"{}".to_vec(),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        t.join().unwrap();
+    }
 
     #[test]
     fn replies_are_read_by_length_by_chunks_or_to_eof() {
