@@ -318,18 +318,11 @@ impl ResultCache {
             }
             // Only root (or plexus's own user) writes records, 0600: one that someone else
             // owns or may write could name any delegate config, and DEL would run it.
-            Ok(m) if m.uid() != 0 && m.uid() != nix::unistd::geteuid().as_raw() => {
+            Ok(m) if untrusted(&m).is_some() => {
                 return Loaded::Unreadable(format!(
-                    "{}: owned by uid {}, not by root",
+                    "{}: {}",
                     path.display(),
-                    m.uid()
-                ))
-            }
-            Ok(m) if m.mode() & 0o022 != 0 => {
-                return Loaded::Unreadable(format!(
-                    "{}: writable by others (mode {:o})",
-                    path.display(),
-                    m.mode() & 0o7777
+                    untrusted(&m).unwrap_or_default()
                 ))
             }
             Err(e) => return Loaded::Unreadable(format!("{}: {e}", path.display())),
@@ -357,10 +350,13 @@ impl ResultCache {
         let bytes = serde_json::to_vec(&record).expect("record serializes");
         let write = || -> std::io::Result<()> {
             // Directories are made on first use only: a mkdir per write is measurable.
-            let mut tmp = match tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir) {
+            // The writer's PID in the name: a temp file whose writer was killed before the rename
+            // is found and removed by `sweep_temp_files`.
+            let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
+            let mut tmp = match tempfile::Builder::new().prefix(&prefix).tempfile_in(&dir) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     Self::ensure_dir(&dir).map_err(|e| std::io::Error::other(e.msg))?;
-                    tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir)?
+                    tempfile::Builder::new().prefix(&prefix).tempfile_in(&dir)?
                 }
                 other => other?,
             };
@@ -393,6 +389,57 @@ impl ResultCache {
         Ok(())
     }
 
+    /// Set aside the record of `key` if it is one plexus must not trust (another user's, or
+    /// writable by others): renamed to `<name>.untrusted`, so neither DEL nor GC acts on it and
+    /// an admin finds it. Returns the new path when it did.
+    pub fn quarantine(&self, key: &Key<'_>) -> Option<PathBuf> {
+        let path = self.record_path(key);
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        untrusted(&meta)?;
+        let mut to = path.clone().into_os_string();
+        to.push(".untrusted");
+        let to = PathBuf::from(to);
+        std::fs::rename(&path, &to).ok()?;
+        Some(to)
+    }
+
+    /// Remove the temp files of record writes that never finished: their writer (named in the
+    /// file) is gone, or, for names without a PID, they are older than [`STALE_TEMP`]. A writer
+    /// SIGKILLed between creating its temp file and renaming it leaves one. Returns how many.
+    pub fn sweep_temp_files(&self) -> usize {
+        let Ok(rd) = std::fs::read_dir(self.attachments_dir()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            let writer = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let stale = match writer {
+                Some(pid) if pid == std::process::id() => false,
+                Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+                None => meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TEMP),
+            };
+            if stale && std::fs::remove_file(e.path()).is_ok() {
+                tracing::info!(
+                    "removed {}, left by a cache write that never finished",
+                    e.path().display()
+                );
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Every record in the cache, in file-name order, with its path (for GC and inspect).
     /// Unreadable files are returned as such.
     pub fn all(&self) -> Vec<(PathBuf, Loaded)> {
@@ -411,6 +458,23 @@ impl ResultCache {
         out
     }
 }
+
+/// Why a record file must not be trusted, if it must not: someone other than root (or us) owns
+/// it, or others may write it.
+fn untrusted(m: &std::fs::Metadata) -> Option<String> {
+    if m.uid() != 0 && m.uid() != nix::unistd::geteuid().as_raw() {
+        return Some(format!("owned by uid {}, not by root", m.uid()));
+    }
+    if m.mode() & 0o022 != 0 {
+        return Some(format!("writable by others (mode {:o})", m.mode() & 0o7777));
+    }
+    None
+}
+
+/// How a record write's temp file starts (then the writer's PID and `-`).
+const TEMP_PREFIX: &str = ".tmp-";
+/// A temp file without a writer's PID in its name is left alone this long.
+const STALE_TEMP: Duration = Duration::from_secs(600);
 
 /// Now, as RFC 3339, for `SandboxRecord::created`.
 pub fn now_rfc3339() -> String {
@@ -579,6 +643,23 @@ mod tests {
     }
 
     #[test]
+    fn temp_files_of_dead_writers_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache::new(d.path());
+        c.store(&record("p", "x")).unwrap();
+        let dir = d.path().join("plexus/attachments");
+        // A dead writer (PID far above pid_max's default), a live one (us), an old-style name.
+        std::fs::write(dir.join(".tmp-99999999-abc"), b"{").unwrap();
+        let mine = dir.join(format!(".tmp-{}-def", std::process::id()));
+        std::fs::write(&mine, b"{").unwrap();
+        std::fs::write(dir.join(".tmp-ghijkl"), b"{").unwrap();
+        assert_eq!(c.sweep_temp_files(), 1);
+        assert!(mine.exists());
+        assert!(dir.join(".tmp-ghijkl").exists(), "young, no PID: kept");
+        assert!(matches!(c.load(&key("p", "x")), Loaded::Found(_)));
+    }
+
+    #[test]
     fn records_others_may_write_are_not_trusted() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
@@ -590,7 +671,14 @@ mod tests {
         assert!(
             matches!(c.load(&key("p", "x")), Loaded::Unreadable(m) if m.contains("writable by others"))
         );
+        let q = c.quarantine(&key("p", "x")).expect("set aside");
+        assert!(q.to_string_lossy().ends_with(".json.untrusted") && !p.exists());
+        std::fs::rename(&q, &p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(
+            c.quarantine(&key("p", "x")).is_none(),
+            "a trusted record stays"
+        );
         if nix::unistd::geteuid().is_root() {
             nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
             assert!(

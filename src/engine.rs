@@ -411,7 +411,15 @@ impl Engine {
                 if let Some(c) = conf {
                     self.del_configured(&chain, c, ifname);
                 }
-                cache.remove(&key)?;
+                // A record someone else wrote is kept, set aside, for an admin to look at.
+                match cache.quarantine(&key) {
+                    Some(to) => tracing::warn!(
+                        "DEL for {}: the untrusted record is kept as {}",
+                        req.who(),
+                        to.display()
+                    ),
+                    None => cache.remove(&key)?,
+                }
                 lock.remove();
                 Ok(())
             }
@@ -521,6 +529,7 @@ impl Engine {
         };
         let is_valid = |id: &str, ifname: &str| valid.iter().any(|(v, f)| v == id && f == ifname);
         let cache = ResultCache::new(&conf.cni_dir);
+        cache.sweep_temp_files();
         let network = conf.cache_network();
         let mut errors = Vec::new();
         let mut kept: Vec<SandboxRecord> = Vec::new();

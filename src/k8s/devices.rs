@@ -109,6 +109,7 @@ pub fn from_checkpoint(bytes: &[u8], pod_uid: &str) -> Result<PodDevices, CniErr
         .and_then(Value::as_array)
         .ok_or_else(|| bad("no Data.PodDeviceEntries".into()))?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen = std::collections::HashMap::new();
     for e in entries.iter().filter(|e| e["PodUID"] == pod_uid) {
         let resource = e["ResourceName"]
             .as_str()
@@ -135,17 +136,24 @@ pub fn from_checkpoint(bytes: &[u8], pod_uid: &str) -> Result<PodDevices, CniErr
             Value::Null => vec![],
             other => return Err(bad(format!("DeviceIDs of {resource} is {other}"))),
         };
-        push_new(out.entry(resource.to_string()).or_default(), ids);
+        push_new(&mut out, &mut seen, resource, ids);
     }
     Ok(PodDevices(out))
 }
 
-/// Append the IDs not in `list` yet, keeping their order; linear in both (a checkpoint may list
-/// millions of IDs, and the kubelet may list one twice).
-fn push_new(list: &mut Vec<String>, ids: impl IntoIterator<Item = String>) {
-    let mut seen: std::collections::HashSet<String> = list.iter().cloned().collect();
+/// Append to `resource`'s list the IDs it does not hold yet, keeping their order; `seen` remembers
+/// each resource's IDs across calls, so reading N IDs is linear however many entries list them
+/// (a checkpoint may list millions, and the kubelet may list one twice).
+fn push_new(
+    out: &mut BTreeMap<String, Vec<String>>,
+    seen: &mut std::collections::HashMap<String, std::collections::HashSet<String>>,
+    resource: &str,
+    ids: impl IntoIterator<Item = String>,
+) {
+    let list = out.entry(resource.to_string()).or_default();
+    let known = seen.entry(resource.to_string()).or_default();
     for id in ids {
-        if seen.insert(id.clone()) {
+        if known.insert(id.clone()) {
             list.push(id);
         }
     }
@@ -247,9 +255,10 @@ pub async fn from_pod_resources(
         Err(s) => return Err(err("Get", &s)),
     };
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut seen = std::collections::HashMap::new();
     for c in pod.map(|p| p.containers).unwrap_or_default() {
         for d in c.devices {
-            push_new(out.entry(d.resource_name).or_default(), d.device_ids);
+            push_new(&mut out, &mut seen, &d.resource_name, d.device_ids);
         }
     }
     Ok(PodDevices(out))
@@ -333,6 +342,22 @@ mod tests {
         let d = from_checkpoint(cp.to_string().as_bytes(), "p").unwrap();
         assert_eq!(d.0["r"].len(), 100_001);
         assert_eq!(d.0["r"].last().unwrap(), "x");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn many_entries_of_one_resource_are_read_in_linear_time() {
+        let entries: Vec<Value> = (0..20_000)
+            .map(|i| json!({"PodUID": "p", "ResourceName": "r", "DeviceIDs": [i.to_string(), "dup"]}))
+            .collect();
+        let cp = json!({"Data": {"PodDeviceEntries": entries}});
+        let t = std::time::Instant::now();
+        let d = from_checkpoint(cp.to_string().as_bytes(), "p").unwrap();
+        assert_eq!(d.0["r"].len(), 20_001);
         assert!(
             t.elapsed() < std::time::Duration::from_secs(5),
             "{:?}",
