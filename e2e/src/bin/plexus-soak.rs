@@ -10,9 +10,13 @@
 //! (restarted), the netns deleted before DEL, duplicate DELs, DELs without an ADD, GCs whose
 //! valid-attachments leave some live sandboxes out.
 //!
-//! Then the runtime's final DEL of every container and a GC with nothing valid, and the count:
-//! links (node and netns), host-local reservations, cache records, device-info files, tc qdiscs,
-//! ifb devices, iptables rules. Every call must have succeeded or printed a CNI error object, none
+//! Each sandbox is checked for links right after its DEL succeeded; after the run, cache records
+//! and reservations are counted (every cycle ended with a successful DEL, so nothing may be
+//! held), then come the runtime's final DEL of every container and a GC with nothing valid, and
+//! the count: links, host-local reservations, cache records (and temp files), tc qdiscs, ifb
+//! devices, iptables rules (the cluster network chains portmap, with a host port per sandbox).
+//! No soak network has a device, so device-info files are not part of it (the SR-IOV e2e tests
+//! check their removal). Every call must have succeeded or printed a CNI error object, none
 //! may have run past its deadline, and every DEL must have succeeded. Prints the faults per kind,
 //! what was left, the seed; ends with `soak: N calls, N faults, N leaks`. Exit 0 only with no leak
 //! and no violation.
@@ -100,6 +104,8 @@ struct Node {
     env: TestEnv,
     api: Fixture,
     daemon: Mutex<Option<NodeDaemon>>,
+    /// The daemon's PID (its delegates are its children, not the shim's).
+    daemon_pid: std::sync::atomic::AtomicU32,
     thin: Value,
     shim: Value,
     /// Sandboxes the runtime believes in (from just before ADD to after their DEL): (id, netns).
@@ -111,6 +117,8 @@ struct Node {
     /// How calls ended, by verb: "ADD ok", "ADD code 11", "DEL killed", …
     outcomes: Mutex<BTreeMap<String, usize>>,
     violations: Mutex<Vec<String>>,
+    /// Links found in a sandbox after its DEL succeeded.
+    pod_leaks: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
 
@@ -141,6 +149,12 @@ impl Node {
     ) -> Option<i32> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
+        // The runtime's port mappings (portmap's iptables chains): one host port per sandbox.
+        let mut conf = conf.clone();
+        let port = 20000 + (crc(id) % 20000) as u64;
+        conf["runtimeConfig"] = json!({"portMappings": [
+            {"hostPort": port, "containerPort": 80, "protocol": "tcp"}]});
+        let conf = &conf;
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.env.node])
             .arg(plexus_e2e::plexus_bin())
@@ -176,10 +190,19 @@ impl Node {
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     self.fault("kill plexus");
                 } else {
-                    let _ = Command::new("pkill")
-                        .args(["-KILL", "-P", &pid.to_string()])
-                        .status();
-                    self.fault("kill delegate");
+                    // Thin: plexus's children; through the shim: the daemon's.
+                    let parent = if conf.get("daemonSocketDir").is_some() {
+                        self.daemon_pid.load(Ordering::Relaxed) as i32
+                    } else {
+                        pid
+                    };
+                    let hit = Command::new("pkill")
+                        .args(["-KILL", "-P", &parent.to_string()])
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    if hit {
+                        self.fault("kill delegate");
+                    }
                 }
                 true
             }
@@ -239,7 +262,10 @@ impl Node {
         match self.call(rng, conf, "DEL", id, netns, pod, fault) {
             Some(0) => {}
             None if fault != Fault::None => {
-                self.call(rng, conf, "DEL", id, netns, pod, Fault::None);
+                let again = self.call(rng, conf, "DEL", id, netns, pod, Fault::None);
+                if again != Some(0) {
+                    self.violation(format!("DEL {id} retried after a kill failed: {again:?}"));
+                }
             }
             other => {
                 self.violation(format!("DEL {id} failed: {other:?}"));
@@ -302,6 +328,22 @@ impl Node {
                 self.del(&mut rng, conf, &id, &netns, &pod, Fault::None);
             }
             self.live.lock().unwrap().remove(&id);
+            // The runtime's DEL succeeded: the sandbox holds nothing but lo (its netns may be
+            // gone already, with the fault above).
+            if let Ok(out) = Command::new("ip").args(["-n", &ns, "-o", "link"]).output() {
+                if out.status.success() {
+                    for l in String::from_utf8_lossy(&out.stdout).lines() {
+                        let name = l.split(':').nth(1).unwrap_or("").trim();
+                        let name = name.split('@').next().unwrap_or(name);
+                        if name != "lo" {
+                            self.pod_leaks
+                                .lock()
+                                .unwrap()
+                                .push(format!("pod link {name} in {ns} after its DEL"));
+                        }
+                    }
+                }
+            }
             if rng.chance(3) {
                 self.fault("DEL without ADD");
                 let never = format!("soak-never-{w}-{c}");
@@ -364,7 +406,24 @@ impl Node {
             .take()
             .unwrap()
             .write_all(c.to_string().as_bytes());
-        let out = child.wait_with_output().expect("wait");
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(HUNG) {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                self.violation(format!("GC: {e}"));
+                return;
+            }
+            Err(_) => {
+                // SAFETY: a plain kill(2) of our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                self.violation(format!("GC still running after {HUNG:?}"));
+                return;
+            }
+        };
         self.outcome(format!(
             "GC {}",
             if out.status.success() {
@@ -398,7 +457,16 @@ impl Node {
                 d.kill();
                 self.fault("kill daemon");
                 std::thread::sleep(Duration::from_millis(rng.below(500)));
-                d.restart(&self.api);
+                let restarted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    d.restart(&self.api);
+                }));
+                match restarted {
+                    Ok(()) => self.daemon_pid.store(d.pid(), Ordering::Relaxed),
+                    Err(_) => {
+                        self.violation("the daemon did not come back after a kill".into());
+                        return;
+                    }
+                }
             }
         }
     }
@@ -427,6 +495,12 @@ impl Node {
     }
 }
 
+/// A small stable hash of a container ID (its host port).
+fn crc(s: &str) -> u32 {
+    s.bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619))
+}
+
 fn arg(args: &[String], name: &str) -> Option<u64> {
     let i = args.iter().position(|a| a == name)?;
     match args.get(i + 1).and_then(|v| v.parse().ok()) {
@@ -436,21 +510,6 @@ fn arg(args: &[String], name: &str) -> Option<u64> {
             std::process::exit(2);
         }
     }
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let mut out = vec![];
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 fn main() {
@@ -481,24 +540,20 @@ fn main() {
     let mut ipam = env.host_local("cluster", "10.200.0.0/16");
     ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
     let cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [
-        {"type": "bridge", "bridge": "soakbr0", "isGateway": true, "ipMasq": false, "ipam": ipam}]});
+        {"type": "bridge", "bridge": "soakbr0", "isGateway": true, "ipMasq": false, "ipam": ipam},
+        {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}]});
     let mut base = env.plexus_conf("1.1.0", vec![cluster]);
     base["delegateTimeoutSeconds"] = json!(3);
-    base["deviceInfoDir"] = json!(env.path().join("devinfo"));
     base["logFile"] = json!(env.path().join("plexus.log"));
     base["logToStderr"] = json!(false);
     base["logLevel"] = json!("verbose");
     let mut thin = base.clone();
     thin["kubeconfig"] = json!(api.kubeconfig);
     let daemon = NodeDaemon::start(&env, &api, json!({"logLevel": "verbose"}));
+    let daemon_pid = daemon.pid();
     let mut shim = base.clone();
     shim["daemonSocketDir"] = json!(daemon.socket_dir);
     let iptables_before = sh(&["ip", "netns", "exec", &env.node, "iptables-save"]);
-    let count_rules = |s: &str| {
-        s.lines()
-            .filter(|l| l.starts_with('-') || l.starts_with(':'))
-            .count()
-    };
     let node = Node {
         env,
         api,
@@ -511,7 +566,9 @@ fn main() {
         faults: Mutex::new(BTreeMap::new()),
         outcomes: Mutex::new(BTreeMap::new()),
         violations: Mutex::new(vec![]),
+        pod_leaks: Mutex::new(vec![]),
         stop: AtomicBool::new(false),
+        daemon_pid: std::sync::atomic::AtomicU32::new(daemon_pid),
     };
 
     // Cycles split over the workers.
@@ -537,6 +594,24 @@ fn main() {
     });
     node.api.clear_faults();
 
+    // Every cycle ended with a DEL that succeeded: before the final DELs, nothing may be held
+    // (a call the daemon finished after its shim was killed, say, would show here).
+    std::thread::sleep(Duration::from_millis(500));
+    let mut leaks: Vec<String> = node.pod_leaks.lock().unwrap().clone();
+    // (A writer killed mid-write leaves a temp file, not a record: GC sweeps those, below.)
+    for f in node.env.cache_files() {
+        if !f.starts_with(".tmp-") {
+            leaks.push(format!("cache record {f} before the final DELs"));
+        }
+    }
+    for net in IPAM_NETS {
+        for r in node.env.reservations(net) {
+            leaks.push(format!(
+                "host-local {net} reservation {r} before the final DELs"
+            ));
+        }
+    }
+
     // The runtime's final DEL of every container, and a GC that keeps nothing.
     let mut rng = Rng::new(seed ^ 0xde1);
     let all: Vec<(String, String)> = node
@@ -554,7 +629,6 @@ fn main() {
 
     // What is left.
     let env = &node.env;
-    let mut leaks: Vec<String> = vec![];
     for l in env.node_links() {
         if !NODE_KEEP.contains(&l.as_str()) {
             leaks.push(format!("node link {l}"));
@@ -575,9 +649,6 @@ fn main() {
     for f in env.cache_files() {
         leaks.push(format!("cache record {f}"));
     }
-    for f in files_under(&env.path().join("devinfo")) {
-        leaks.push(format!("device-info file {f}"));
-    }
     let qdiscs = sh(&["ip", "netns", "exec", &env.node, "tc", "qdisc", "show"]);
     for q in qdiscs.lines() {
         if q.contains("tbf") || q.contains("ingress") {
@@ -585,9 +656,15 @@ fn main() {
         }
     }
     let iptables_after = sh(&["ip", "netns", "exec", &env.node, "iptables-save"]);
-    let (before, after) = (count_rules(&iptables_before), count_rules(&iptables_after));
-    if after > before {
-        leaks.push(format!("{} iptables rules/chains", after - before));
+    // portmap keeps its top-level chains (CNI-HOSTPORT-*) and their jumps for the next pod, as
+    // on any node; what belongs to a sandbox is its CNI-DN-* chain and the rules naming its ID.
+    for l in iptables_after.lines() {
+        let per_sandbox = l.starts_with(":CNI-DN-")
+            || l.starts_with(":CNI-SN-")
+            || (l.starts_with("-A ") && l.contains(" id: \\\"soak-"));
+        if per_sandbox && !iptables_before.contains(l) {
+            leaks.push(format!("iptables: {l}"));
+        }
     }
 
     let faults = node.faults.lock().unwrap().clone();
@@ -607,7 +684,7 @@ fn main() {
         println!("  {v:>6}  {k}");
     }
     println!(
-        "checked: links (node, netns), host-local reservations, cache records, device-info files, tc qdiscs, ifb devices, iptables rules"
+        "checked: links (in each sandbox after its DEL, the node's), host-local reservations and cache records (before and after the final DELs), tc qdiscs, ifb devices, iptables rules (portmap)"
     );
     if leaks.is_empty() {
         println!("left over: nothing");
