@@ -116,11 +116,17 @@ fn pod_without_annotation_gets_the_cluster_network_and_a_status(mode: Mode) {
     let c = cluster(mode, "k-none", "kbr0", "10.100.0.0/24");
     c.api.create_pod("default", "web", json!({}));
     c.api.clear_requests();
-    let r = c
+    let out = c
         .env
-        .cni_pod("ADD", "k-none", "default", "web", None, &c.conf)
-        .ok()
-        .json();
+        .cni_pod("ADD", "k-none", "default", "web", None, &c.conf);
+    let r = out.ok().json();
+    // At debug level, neither plexus's log (thin: stderr) nor the daemon's holds the token.
+    let (token, log) = match &c._daemon {
+        None => ("fixture-token", out.stderr.clone()),
+        Some(d) => ("daemon-sa-token", d.log()),
+    };
+    assert!(log.contains("DEBUG"), "the log is at debug level");
+    assert!(!log.contains(token), "the bearer token is in the log");
     assert_eq!(c.env.pod_links().len(), 2, "lo and eth0");
     // Thin: one read (the pod). The daemon: none, the pod is in its watch cache. Then two
     // writes either way (network-status, one event).

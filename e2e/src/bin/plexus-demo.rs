@@ -41,6 +41,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Every namespace, process and file the demo made goes when `demo` returns.
+    std::process::exit(demo(daemon));
+}
+
+fn demo(daemon: bool) -> i32 {
     let t0 = Instant::now();
     let env = TestEnv::new("demo");
     title("setup (private namespaces; the host is not touched)");
@@ -120,7 +125,7 @@ fn main() {
     let add_ms = t.elapsed().as_secs_f64() * 1e3;
     if out.code != 0 {
         eprintln!("ADD failed: {}\n{}", out.stdout, out.stderr);
-        std::process::exit(1);
+        return 1;
     }
     let result = out.json();
     println!(
@@ -189,7 +194,5 @@ fn main() {
         },
         t0.elapsed().as_secs_f64()
     );
-    if !clean || check.code != 0 || del.code != 0 {
-        std::process::exit(1);
-    }
+    i32::from(!clean || check.code != 0 || del.code != 0)
 }

@@ -34,9 +34,9 @@
 //!   route via the bridge's IP. Refuses `isGateway` and `ipMasq`, as the real one. Result: `ips`
 //!   only (no `interfaces`, no interface index). DEL deletes CNI_IFNAME in the pod and releases.
 //! - `azure-vnet` + `azure-vnet-ipam`: the Azure CNI. `mode` `transparent` (AKS's): host veth
-//!   `azv<sha1(containerID[:8]-ifname)[:11]>`, the pod address with its VNet prefix, default via
-//!   169.254.1.1 (a link route to it, a permanent neighbour entry to the host veth's MAC), and a
-//!   /32 host route to the pod; `bridge`: the veth on the `azure0` bridge (made if missing; the
+//!   `azv<sha1(namespace.pod)[:11]>`, the pod address with its VNet prefix but no subnet route,
+//!   default via 169.254.1.1 (a link route to it, a neighbour entry to the host veth's MAC), and
+//!   a /32 host route to the pod; `bridge`: the veth on the `azure0` bridge (made if missing; the
 //!   real plugin moves the VM's NIC into it), default via the VNet gateway. `azure-vnet-ipam`
 //!   gives 10.240.0.0/16 with gateway 10.240.0.1. Result: the interface with a MAC but no
 //!   `sandbox`, IPs with a gateway and no interface index, the default route, `dns`.
@@ -1069,8 +1069,8 @@ fn azure_ipam(c: &Cni) {
 }
 
 fn azure_vnet(c: &Cni) {
-    let endpoint = format!("{}-{}", c.cid.chars().take(8).collect::<String>(), c.ifname);
-    let host = format!("azv{}", &sha1_hex(&endpoint)[..11]);
+    // In Kubernetes the host veth is named from the pod ("namespace.name"), as Calico's.
+    let host = format!("azv{}", &sha1_hex(&pod_id(c))[..11]);
     let mode = c.conf["mode"].as_str().unwrap_or("transparent");
     if mode != "transparent" && mode != "bridge" {
         c.fail(
