@@ -203,6 +203,20 @@ impl TestEnv {
     }
 
     pub fn cni_raw(&self, verb: &str, vars: &[(&str, &str)], stdin: &[u8]) -> Output {
+        let vars: Vec<(&str, &std::ffi::OsStr)> = vars
+            .iter()
+            .map(|(k, v)| (*k, std::ffi::OsStr::new(*v)))
+            .collect();
+        self.cni_raw_os(verb, &vars, stdin)
+    }
+
+    /// [`TestEnv::cni_raw`] with values that need not be UTF-8.
+    pub fn cni_raw_os(
+        &self,
+        verb: &str,
+        vars: &[(&str, &std::ffi::OsStr)],
+        stdin: &[u8],
+    ) -> Output {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.node]).arg(plexus_bin());
         cmd.env_clear()

@@ -95,6 +95,30 @@ fn steady_state_adds_read_nothing_and_a_pod_the_watch_missed_is_fetched_once() {
         "extra",
         &record_net(&n.env, "extra", json!({"address": "10.78.0.2/24"})),
     );
+    // Steady state begins once the NAD watch has delivered "extra" (until then an ADD confirms a
+    // NAD missing from the cache with one GET): warm up until an ADD reads nothing.
+    let t = Instant::now();
+    for k in 0.. {
+        let pod = format!("warm{k}");
+        n.api.create_pod("default", &pod, json!({NETS: "extra"}));
+        n.api.clear_requests();
+        let id = format!("d-warm-{k}");
+        n.env
+            .cni_pod("ADD", &id, "default", &pod, None, &n.conf)
+            .ok();
+        n.env
+            .cni_pod("DEL", &id, "default", &pod, None, &n.conf)
+            .ok();
+        if !n.api.requests().iter().any(|r| r.starts_with("GET")) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the watch never delivered the NAD"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n.api.clear_requests();
     for i in 0..5 {
         let pod = format!("p{i}");
         n.api.create_pod("default", &pod, json!({NETS: "extra"}));

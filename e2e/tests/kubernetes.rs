@@ -592,6 +592,17 @@ fn no_pod_identity_means_cluster_network_only(mode: Mode) {
     c.env.assert_clean(&["kbra"]);
 }
 
+#[track_caller]
+fn assert_no_nad_reads(api: &Fixture) {
+    let reqs = api.requests();
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.contains("network-attachment-definitions")),
+        "{reqs:?}"
+    );
+}
+
 fn oversized_selection_fails_fast_without_an_api_storm(mode: Mode) {
     let c = cluster(mode, "k-cap", "kbrb", "10.119.0.0/24");
     let many = (0..500)
@@ -609,13 +620,7 @@ fn oversized_selection_fails_fast_without_an_api_storm(mode: Mode) {
     // parse that would have gone quadratic, not a benchmark.
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(msg.contains("more than"), "{msg}");
-    let reqs = c.api.requests();
-    assert!(
-        !reqs
-            .iter()
-            .any(|r| r.contains("network-attachment-definitions")),
-        "{reqs:?}"
-    );
+    assert_no_nad_reads(&c.api);
     c.env.assert_clean(&[]);
     // 1,000 elements of 256 bytes (the research-grade case), in both forms: past the 64 KiB cap,
     // refused before anything is parsed or read; the DEL after it exits 0.
@@ -644,13 +649,7 @@ fn oversized_selection_fails_fast_without_an_api_storm(mode: Mode) {
             out.stderr.len() < 100_000,
             "{pod}: the annotation went to the log"
         );
-        let reqs = c.api.requests();
-        assert!(
-            !reqs
-                .iter()
-                .any(|r| r.contains("network-attachment-definitions")),
-            "{reqs:?}"
-        );
+        assert_no_nad_reads(&c.api);
         c.env
             .cni_pod("DEL", pod, "default", pod, None, &c.conf)
             .ok();

@@ -827,37 +827,6 @@ fn cni_netns_override_is_libcnis_flag() {
     assert!(env.cache_files().is_empty());
 }
 
-/// Run plexus with raw (possibly non-UTF-8) environment values.
-fn cni_os(env: &TestEnv, vars: &[(&str, &std::ffi::OsStr)], stdin: &[u8]) -> common::Output {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &env.node])
-        .arg(common::plexus_bin())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_NETNS", env.netns_path())
-        .env("CNI_PATH", &env.plugins)
-        .env("CNI_IFNAME", "eth0");
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    let out = child.wait_with_output().unwrap();
-    common::Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// The research-grade bad inputs: non-UTF-8 env, NULs and invalid UTF-8 on stdin, 10,000 nested
 /// JSON levels, a delegate printing 100 MiB or leaving stdout open, symlinks planted where plexus
 /// writes its cache and its log, and plugin directories anyone may write or that are relative.
@@ -877,6 +846,12 @@ fn research_grade_bad_inputs_get_cni_errors_and_leave_nothing() {
     let good = env.plexus_conf("1.1.0", vec![net.clone()]);
     let good_bytes = good.to_string().into_bytes();
     let id = |s: &'static str| OsStr::new(s);
+    // CNI_IFNAME eth0 unless the case sets its own (later variables win).
+    let with_ifname = |vars: &[(&'static str, &'static OsStr)]| {
+        let mut v = vec![("CNI_IFNAME", OsStr::new("eth0"))];
+        v.extend_from_slice(vars);
+        v
+    };
     let clean = |what: &str| {
         assert_eq!(env.pod_links(), ["lo"], "{what}");
         assert!(
@@ -902,7 +877,7 @@ fn research_grade_bad_inputs_get_cni_errors_and_leave_nothing() {
     ] {
         let mut vars = vec![("CNI_CONTAINERID", id("c-env"))];
         vars.push((k, OsStr::from_bytes(v)));
-        let out = cni_os(&env, &vars, &good_bytes);
+        let out = env.cni_raw_os("ADD", &with_ifname(&vars), &good_bytes);
         let msg = out.err(4);
         assert!(msg.contains(k), "{what}: {msg}");
         clean(what);
@@ -933,7 +908,11 @@ fn research_grade_bad_inputs_get_cni_errors_and_leave_nothing() {
         ),
     ] {
         let t = Instant::now();
-        let out = cni_os(&env, &[("CNI_CONTAINERID", id("c-stdin"))], &stdin);
+        let out = env.cni_raw_os(
+            "ADD",
+            &with_ifname(&[("CNI_CONTAINERID", id("c-stdin"))]),
+            &stdin,
+        );
         out.err(code);
         assert!(
             t.elapsed() < Duration::from_secs(5),

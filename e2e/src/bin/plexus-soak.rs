@@ -155,28 +155,17 @@ impl Node {
         conf["runtimeConfig"] = json!({"portMappings": [
             {"hostPort": port, "containerPort": 80, "protocol": "tcp"}]});
         let conf = &conf;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.env.node])
-            .arg(plexus_e2e::plexus_bin())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", verb)
-            .env("CNI_CONTAINERID", id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_ARGS", args)
-            .env("CNI_PATH", &self.env.plugins)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn plexus");
+        let child = self.spawn(
+            &[
+                ("CNI_COMMAND", verb),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+            ],
+            conf,
+        );
         let pid = child.id() as i32;
-        let _ = child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
@@ -254,6 +243,31 @@ impl Node {
             None => self.violation(format!("{verb} {id}: killed by {:?}", out.status)),
         }
         code
+    }
+
+    /// plexus in the node netns as the runtime runs it, `conf` on its stdin.
+    fn spawn(&self, vars: &[(&str, &str)], conf: &Value) -> std::process::Child {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.env.node])
+            .arg(plexus_e2e::plexus_bin())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_PATH", &self.env.plugins);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn plexus");
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes());
+        child
     }
 
     /// DEL until it succeeds (a runtime retries a failed DEL); a DEL that fails on its own, with
@@ -373,11 +387,11 @@ impl Node {
             } else {
                 &self.shim
             };
-            self.gc(&mut rng, conf, &valid);
+            self.gc(conf, &valid);
         }
     }
 
-    fn gc(&self, rng: &mut Rng, conf: &Value, valid: &[String]) {
+    fn gc(&self, conf: &Value, valid: &[String]) {
         let list: Vec<Value> = valid
             .iter()
             .map(|id| json!({"containerID": id, "ifname": "eth0"}))
@@ -388,24 +402,7 @@ impl Node {
         c["cniVersion"] = json!("1.1.0");
         // GC is for the whole network: no container, no netns.
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let _ = rng;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.env.node])
-            .arg(plexus_e2e::plexus_bin())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", "GC")
-            .env("CNI_PATH", &self.env.plugins)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn plexus");
-        let _ = child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(c.to_string().as_bytes());
+        let child = self.spawn(&[("CNI_COMMAND", "GC")], &c);
         let pid = child.id() as i32;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -624,8 +621,8 @@ fn main() {
     for (id, netns) in &all {
         node.del(&mut rng, &node.thin, id, netns, "final", Fault::None);
     }
-    node.gc(&mut rng, &node.thin, &[]);
-    node.gc(&mut rng, &node.shim, &[]);
+    node.gc(&node.thin, &[]);
+    node.gc(&node.shim, &[]);
 
     // What is left.
     let env = &node.env;

@@ -232,6 +232,17 @@ fn sha1_hex(s: &str) -> String {
     sha1_smol::Sha1::from(s).digest().to_string()
 }
 
+/// The MAC of a link in this (the node's) netns.
+fn link_mac(name: &str) -> String {
+    serde_json::from_str::<Value>(
+        &run("ip", &["-j", "link", "show", "dev", name]).unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null)[0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn link_exists(name: &str) -> bool {
     run("ip", &["link", "show", "dev", name]).is_ok()
 }
@@ -796,13 +807,7 @@ fn aws(c: &Cni) {
                 let _ = run("ip", &["link", "del", "dev", &host]);
             }
             routed_veth(c, &host, &ip.to_string(), mtu.as_deref());
-            let host_mac = serde_json::from_str::<Value>(
-                &run("ip", &["-j", "link", "show", "dev", &host]).unwrap_or_default(),
-            )
-            .unwrap_or(Value::Null)[0]["address"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let host_mac = link_mac(&host);
             c.pod_ip(&[
                 "neigh",
                 "add",
@@ -1096,13 +1101,7 @@ fn azure_vnet(c: &Cni) {
             c.pod_ip(&["addr", "add", &addr, "dev", &c.ifname]);
             c.pod_ip(&["link", "set", "dev", &c.ifname, "up"]);
             if mode == "transparent" {
-                let host_mac = serde_json::from_str::<Value>(
-                    &run("ip", &["-j", "link", "show", "dev", &host]).unwrap_or_default(),
-                )
-                .unwrap_or(Value::Null)[0]["address"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+                let host_mac = link_mac(&host);
                 let gw0 = AZURE_TRANSPARENT_GW;
                 c.pod_ip(&["route", "add", gw0, "dev", &c.ifname, "scope", "link"]);
                 c.pod_ip(&["route", "add", "default", "via", gw0, "dev", &c.ifname]);
