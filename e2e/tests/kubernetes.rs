@@ -88,6 +88,37 @@ impl Cluster {
             .collect()
     }
 
+    /// Daemon mode: wait until the watch cache holds what an ADD for `nets` reads. A NAD the
+    /// watch has not delivered yet is confirmed with one GET (as it should be), which is not the
+    /// steady state a test of read faults means: warm up until an ADD reads nothing.
+    fn settle(&self, nets: &str) {
+        if self.mode != Mode::Daemon {
+            return;
+        }
+        let t = Instant::now();
+        for k in 0.. {
+            let pod = format!("settle{k}");
+            self.api.create_pod("default", &pod, json!({NETS: nets}));
+            self.api.clear_requests();
+            let id = format!("settle-{k}");
+            self.env
+                .cni_pod("ADD", &id, "default", &pod, None, &self.conf)
+                .ok();
+            self.env
+                .cni_pod("DEL", &id, "default", &pod, None, &self.conf)
+                .ok();
+            if self.reads().is_empty() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the watch never delivered {nets}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.api.clear_requests();
+    }
+
     /// Everything but GETs: the writes.
     fn writes(&self) -> Vec<String> {
         self.api
@@ -488,6 +519,7 @@ fn api_down_fails_add_cleanly_and_del_still_works(mode: Mode) {
 /// The daemon reads pods and NADs from its watch cache, so read faults do not touch an ADD; the
 /// writes still fail it cleanly, and DEL never needs the API at all.
 fn api_down_through_the_daemon(mut c: Cluster) {
+    c.settle("mv");
     // 500s on every NAD and a 5 s delay on every pod GET: the cache serves the ADD.
     c.api
         .fault(json!({"pathPrefix": "/apis/", "status": 500, "watch": false}));
