@@ -3,7 +3,7 @@
 
 use plexus_e2e as common;
 
-use common::daemon::NodeDaemon;
+use common::daemon::{metric, NodeDaemon};
 use common::{Fixture, TestEnv};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -63,7 +63,12 @@ fn cluster(mode: Mode, tag: &str, bridge: &str, subnet: &str) -> Cluster {
         }
         Mode::Daemon => {
             // The shim's config names no kubeconfig: every ADD must go through the daemon.
-            let d = NodeDaemon::start(&env, &api, json!({"logLevel": "debug"}));
+            // Metrics (for `settle`): each test's daemon is alone in its node netns.
+            let d = NodeDaemon::start(
+                &env,
+                &api,
+                json!({"logLevel": "debug", "metricsPort": 19291}),
+            );
             conf["daemonSocketDir"] = json!(d.socket_dir);
             Some(d)
         }
@@ -88,33 +93,30 @@ impl Cluster {
             .collect()
     }
 
-    /// Daemon mode: wait until the watch cache holds what an ADD for `nets` reads. A NAD the
-    /// watch has not delivered yet is confirmed with one GET (as it should be), which is not the
-    /// steady state a test of read faults means: warm up until an ADD reads nothing.
-    fn settle(&self, nets: &str) {
-        if self.mode != Mode::Daemon {
+    /// Daemon mode: wait until the daemon's watch cache holds every NAD the fixture has. Until
+    /// then an ADD confirms a NAD missing from the cache with one GET (as it should), which is
+    /// not the steady state a test of reads or of read faults means. Clears the request log.
+    fn settle(&self) {
+        let Some(d) = &self._daemon else {
             return;
-        }
+        };
+        let (_, list) = self.api.call(
+            "GET",
+            "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions",
+            None,
+        );
+        let want = list["items"].as_array().map_or(0, Vec::len) as f64;
         let t = Instant::now();
-        for k in 0.. {
-            let pod = format!("settle{k}");
-            self.api.create_pod("default", &pod, json!({NETS: nets}));
-            self.api.clear_requests();
-            let id = format!("settle-{k}");
-            self.env
-                .cni_pod("ADD", &id, "default", &pod, None, &self.conf)
-                .ok();
-            self.env
-                .cni_pod("DEL", &id, "default", &pod, None, &self.conf)
-                .ok();
-            if self.reads().is_empty() {
-                break;
-            }
+        while metric(
+            &d.metrics(),
+            r#"plexus_watch_cache_objects{kind="network-attachment-definitions"}"#,
+        ) < want
+        {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
-                "the watch never delivered {nets}"
+                "the watch never delivered the NADs"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         self.api.clear_requests();
     }
@@ -210,6 +212,7 @@ fn networks_by_name_and_namespace_at_interface(mode: Mode) {
     c.api.create_nad("other", "p2p", &json!({"cniVersion": "1.0.0", "name": "p2p", "type": "ptp", "ipam": c.env.host_local("p2p", "10.103.0.0/30")}));
     c.api
         .create_pod("default", "two", json!({NETS: "mv, other/p2p@p2p0"}));
+    c.settle();
     c.api.clear_requests();
     c.env
         .cni_pod("ADD", "k-two", "default", "two", None, &c.conf)
@@ -519,7 +522,7 @@ fn api_down_fails_add_cleanly_and_del_still_works(mode: Mode) {
 /// The daemon reads pods and NADs from its watch cache, so read faults do not touch an ADD; the
 /// writes still fail it cleanly, and DEL never needs the API at all.
 fn api_down_through_the_daemon(mut c: Cluster) {
-    c.settle("mv");
+    c.settle();
     // 500s on every NAD and a 5 s delay on every pod GET: the cache serves the ADD.
     c.api
         .fault(json!({"pathPrefix": "/apis/", "status": 500, "watch": false}));
