@@ -1103,6 +1103,11 @@ fn azure_vnet(c: &Cni) {
             if mode == "transparent" {
                 let host_mac = link_mac(&host);
                 let gw0 = AZURE_TRANSPARENT_GW;
+                // Everything goes through the host: the kernel's subnet route goes.
+                if let Some((a, p)) = parse_cidr(&addr) {
+                    let net = format!("{}/{p}", Ipv4Addr::from(u32::from(a) & mask(p)));
+                    c.pod_ip(&["route", "del", &net, "dev", &c.ifname]);
+                }
                 c.pod_ip(&["route", "add", gw0, "dev", &c.ifname, "scope", "link"]);
                 c.pod_ip(&["route", "add", "default", "via", gw0, "dev", &c.ifname]);
                 c.pod_ip(&[
