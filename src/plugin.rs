@@ -101,10 +101,10 @@ fn via_daemon(
             .map_err(|e| e.context("converting the daemon's result")),
         crate::shim::Forward::Answer(Ok(None)) => Ok(String::new()),
         crate::shim::Forward::Answer(Err(e)) => Err(e),
-        crate::shim::Forward::Unreachable(why) => {
+        crate::shim::Forward::Unreachable { why, sent } => {
             let creds = Credentials::for_plugin(&conf, in_cluster);
             if creds.is_none() && cmd != Command::Check {
-                let e = crate::shim::unreachable_error(req, &why);
+                let e = crate::shim::unreachable_error(req, &why, sent);
                 return Err(if cmd == Command::Status {
                     CniError::new(Code::NOT_AVAILABLE, e.msg)
                 } else {

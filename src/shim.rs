@@ -38,8 +38,9 @@ pub fn socket_dir(stdin: &[u8]) -> Option<PathBuf> {
 pub enum Forward {
     /// It answered: a result (ADD), nothing (others), or its CNI error.
     Answer(Result<Option<CniResult>, CniError>),
-    /// It could not be reached, or did not speak the protocol.
-    Unreachable(String),
+    /// It could not be reached, or did not speak the protocol; `sent`: after it had the request
+    /// (it may have acted on it, e.g. started delegates, and been killed mid-way).
+    Unreachable { why: String, sent: bool },
 }
 
 /// Send one call to the daemon at `<dir>/multus.sock` and wait for its answer (at most
@@ -72,7 +73,12 @@ pub fn forward(
         timeout,
     ) {
         Ok(r) => r,
-        Err(e) => return Forward::Unreachable(format!("{}: {e}", socket.display())),
+        Err(e) => {
+            return Forward::Unreachable {
+                why: format!("{}: {e}", socket.display()),
+                sent: crate::unix_http::after_send(&e),
+            }
+        }
     };
     match reply.status {
         200 if reply.body.iter().all(u8::is_ascii_whitespace) => Forward::Answer(Ok(None)),
@@ -113,14 +119,16 @@ pub fn forward(
     }
 }
 
-/// The error for an ADD that cannot run anywhere.
-pub fn unreachable_error(req: &Request, why: &str) -> CniError {
+/// The error for an ADD that cannot run anywhere. Whether anything was attached depends on
+/// whether the daemon ever had the request (`sent`).
+pub fn unreachable_error(req: &Request, why: &str, sent: bool) -> CniError {
+    let what = if sent {
+        format!("the plexus daemon went away during the call ({why}), and the config names no kubeconfig to run it here; anything the daemon attached is in the cache, and the runtime's DEL removes it")
+    } else {
+        format!("the plexus daemon is not reachable ({why}), and the config names no kubeconfig to run without it; nothing was attached")
+    };
     CniError::new(
         Code::TRY_AGAIN_LATER,
-        format!(
-            "{} for {}: the plexus daemon is not reachable ({why}), and the config names no kubeconfig to run without it; nothing was attached",
-            req.command(),
-            req.who()
-        ),
+        format!("{} for {}: {what}", req.command(), req.who()),
     )
 }

@@ -112,50 +112,72 @@ pub fn call(
     out.extend_from_slice(&body);
     stream.set_write_timeout(Some(left()?))?;
     stream.write_all(&out)?;
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        stream.set_read_timeout(Some(left()?))?;
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no reply in time",
-                ))
+    // From here on the daemon has the request: a failure may come after it acted on it.
+    let mut read = || -> std::io::Result<Reply> {
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            stream.set_read_timeout(Some(left()?))?;
+            let n = match stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no reply in time",
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
             }
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > MAX_REPLY {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("reply larger than {MAX_REPLY} bytes"),
+                ));
+            }
+            if let Some(reply) = parse_reply(&buf)? {
+                return Ok(reply);
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_REPLY {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("reply larger than {MAX_REPLY} bytes"),
-            ));
+        // EOF before the reply was complete: that ends only a reply that declared no length.
+        match parse_head(&buf)? {
+            Some((status, body_at, Framing::UntilEof)) => Ok(Reply {
+                status,
+                body: buf[body_at..].to_vec(),
+            }),
+            Some(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed in the middle of the reply",
+            )),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a reply",
+            )),
         }
-        if let Some(reply) = parse_reply(&buf)? {
-            return Ok(reply);
-        }
+    };
+    read().map_err(|e| std::io::Error::new(e.kind(), AfterSend(e)))
+}
+
+/// The error of a call that failed after its request was sent: the server may have acted on
+/// it (started work, and been killed mid-way) — unlike a failure to connect or to send.
+#[derive(Debug)]
+pub struct AfterSend(pub std::io::Error);
+
+impl std::fmt::Display for AfterSend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
-    // EOF before the reply was complete: that ends only a reply that declared no length.
-    match parse_head(&buf)? {
-        Some((status, body_at, Framing::UntilEof)) => Ok(Reply {
-            status,
-            body: buf[body_at..].to_vec(),
-        }),
-        Some(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed in the middle of the reply",
-        )),
-        None => Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "connection closed before a reply",
-        )),
-    }
+}
+
+impl std::error::Error for AfterSend {}
+
+/// Whether `e` came after the request was sent (see [`AfterSend`]).
+pub fn after_send(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<AfterSend>())
 }
 
 /// Connect within the deadline: a blocking connect to a unix socket waits for as long as the
@@ -356,6 +378,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(after_send(&e), "the request had been sent");
         t.join().unwrap();
     }
 

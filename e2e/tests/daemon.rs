@@ -194,7 +194,13 @@ fn a_daemon_killed_mid_add_strands_nothing_and_a_restarted_one_serves_the_next_p
         v["code"], 11,
         "{v}: the shim reports the daemon gone, try again later"
     );
-    assert!(v["msg"].as_str().unwrap().contains("multus.sock"), "{v}");
+    let msg = v["msg"].as_str().unwrap();
+    assert!(msg.contains("multus.sock"), "{v}");
+    // It had the request and had attached eth0: the shim must not say nothing was attached.
+    assert!(
+        msg.contains("went away during the call") && !msg.contains("nothing was attached"),
+        "{v}"
+    );
     // The delegate died with the daemon; the pending record names everything.
     wait_for("delegate gone", Duration::from_secs(5), || {
         !std::fs::read_to_string(format!("/proc/{hung}/stat")).is_ok_and(|s| !s.contains(") Z "))

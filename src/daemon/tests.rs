@@ -293,7 +293,7 @@ async fn plexus_shim_speaks_to_the_daemon_and_knows_when_it_is_away() {
     .await
     .unwrap();
     assert!(
-        matches!(answer, crate::shim::Forward::Unreachable(ref w) if w.contains("multus.sock")),
+        matches!(answer, crate::shim::Forward::Unreachable { ref why, sent: false } if why.contains("multus.sock")),
         "{answer:?}"
     );
     assert!(
