@@ -70,6 +70,10 @@ pub struct SandboxRecord {
     /// DELs that failed for some attachment so far; see `chain::MAX_DEL_ATTEMPTS`.
     #[serde(default)]
     pub del_attempts: u32,
+    /// The indexes of the links in the pod's namespace before the ADD's first delegate ran. If
+    /// the ADD was cut short, what is there after the DELs and not in this list was left by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links_before: Option<Vec<u32>>,
 }
 
 /// One attachment as recorded: enough to DEL, CHECK and GC it later, byte for byte.
@@ -517,6 +521,7 @@ mod tests {
                 selection: None,
             }],
             del_attempts: 0,
+            links_before: None,
         }
     }
 

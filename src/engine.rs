@@ -201,6 +201,7 @@ impl Engine {
                 return Err(join_errors(failed.into_iter().map(|(_, e)| e).collect())
                     .context("removing attachments of an earlier ADD"));
             }
+            sweep_strays(self.netns.as_ref(), &chain, &stale);
             cache.remove(&key)?;
         }
         for a in attachments.iter_mut().filter(|a| a.device.is_some()) {
@@ -240,6 +241,7 @@ impl Engine {
             cni_path: req.path.clone(),
             attachments: attachments.iter().map(pending).collect(),
             del_attempts: 0,
+            links_before: self.links_now(req),
         };
         cache.store(&record)?;
         let mut txn = || -> Result<Attached, CniError> {
@@ -257,7 +259,33 @@ impl Engine {
             Ok(done) => Ok(done),
             Err(e) => {
                 let e = e.context(format!("ADD for {who}"));
-                Err(undo(&chain, &cache, lock, &mut record, e))
+                Err(undo(
+                    self.netns.as_ref(),
+                    &chain,
+                    &cache,
+                    lock,
+                    &mut record,
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// The indexes of the pod's links now, for [`sweep_strays`]; none when there is no pod
+    /// namespace to look at, or it is plexus's own (never swept).
+    fn links_now(&self, req: &Request) -> Option<Vec<u32>> {
+        let netns = req.netns.as_deref().filter(|n| !n.is_empty())?;
+        if self.netns.is_own(netns).unwrap_or(true) {
+            return None;
+        }
+        match self.netns.link_indexes(netns) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(
+                    "ADD for {}: cannot list the links of {netns}: {e}",
+                    req.who()
+                );
+                None
             }
         }
     }
@@ -404,7 +432,14 @@ impl Engine {
                 if chain.cni_args.is_empty() {
                     chain.cni_args = record.cni_args.clone();
                 }
-                del_record(&chain, &cache, lock, record, &req.who())
+                del_record(
+                    self.netns.as_ref(),
+                    &chain,
+                    &cache,
+                    lock,
+                    record,
+                    &req.who(),
+                )
             }
             Loaded::Unreadable(why) => {
                 tracing::warn!("DEL for {}: cache unreadable ({why}); deleting the configured networks without prevResult", req.who());
@@ -580,7 +615,7 @@ impl Engine {
                 who: who.clone(),
                 ..self.chain(call, None)
             };
-            if let Err(e) = del_record(&chain, &cache, lock, record, &who) {
+            if let Err(e) = del_record(self.netns.as_ref(), &chain, &cache, lock, record, &who) {
                 errors.push(e);
             }
         }
@@ -749,6 +784,7 @@ pub fn network_status(conf: &NetConf, record: &SandboxRecord) -> String {
 /// all in reverse; keep in the cache only those whose DEL failed (for the runtime's DEL to retry).
 /// Returns `cause`, with the rollback's errors in its details.
 fn undo(
+    ops: &dyn NetnsOps,
     chain: &Chain,
     cache: &ResultCache,
     lock: Lock,
@@ -757,6 +793,7 @@ fn undo(
 ) -> CniError {
     let failed = chain.del_attachments(record);
     if failed.is_empty() {
+        sweep_strays(ops, chain, record);
         match cache.remove(&record.key()) {
             Ok(()) => lock.remove(),
             Err(e) => tracing::error!("rollback: {e}"),
@@ -778,9 +815,49 @@ fn undo(
     cause
 }
 
+/// Once every DEL of a record whose ADD was cut short (an attachment still pending: a delegate
+/// killed or failed midway, or plexus or the daemon killed) has succeeded, clear away what that
+/// ADD's delegates left in the pod that their DELs could not find — a macvlan killed between
+/// creating its link under a temporary `veth…` name and renaming it, a device moved in and not
+/// yet renamed. The ADD held the container's lock throughout, so every link that is there now
+/// and was not before it started is its doing. Virtual links are deleted, devices and veths go
+/// back to plexus's namespace (see [`crate::netns::Netlink::sweep`]). Best effort: logged.
+fn sweep_strays(ops: &dyn NetnsOps, chain: &Chain, record: &SandboxRecord) {
+    let Some(before) = &record.links_before else {
+        return;
+    };
+    if chain.netns.is_empty()
+        || chain.netns != record.netns
+        || record.attachments.iter().all(|a| a.result.is_some())
+    {
+        return;
+    }
+    if ops.is_own(&chain.netns).unwrap_or(true) {
+        return;
+    }
+    match ops.sweep(&chain.netns, before) {
+        Ok(done) => {
+            for line in done {
+                tracing::warn!(
+                    "{}: {line} in {}, left by an ADD that was cut short",
+                    chain.who,
+                    chain.netns
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            "{}: cannot look for links left in {}: {e}",
+            chain.who,
+            chain.netns
+        ),
+    }
+}
+
 /// DEL a record's attachments; remove the record when all are gone, else keep the failed ones
 /// for the next DEL, giving up after [`MAX_DEL_ATTEMPTS`] so the pod is never stranded.
 fn del_record(
+    ops: &dyn NetnsOps,
     chain: &Chain,
     cache: &ResultCache,
     lock: Lock,
@@ -789,6 +866,7 @@ fn del_record(
 ) -> Result<(), CniError> {
     let failed = chain.del_attachments(&record);
     if failed.is_empty() {
+        sweep_strays(ops, chain, &record);
         cache.remove(&record.key())?;
         lock.remove();
         return Ok(());
@@ -801,6 +879,7 @@ fn del_record(
             record.del_attempts,
             join_errors(errors)
         );
+        sweep_strays(ops, chain, &record);
         cache.remove(&record.key())?;
         lock.remove();
         return Ok(());

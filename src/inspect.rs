@@ -1097,6 +1097,7 @@ mod tests {
             cni_path: vec![],
             attachments: atts,
             del_attempts: 0,
+            links_before: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The little netlink plexus needs inside a pod's network namespace: list links (to refuse an
-//! interface name already taken) and move the default route (NPWG `default-route`); and whether
-//! a namespace is plexus's own (`CNI_NETNS_OVERRIDE`). The engine reaches them through
+//! interface name already taken, and to know later what an ADD added), move the default route
+//! (NPWG `default-route`), clear away what an ADD that was cut short left behind; and whether a
+//! namespace is plexus's own (`CNI_NETNS_OVERRIDE`). The engine reaches them through
 //! [`NetnsOps`], so its unit tests run without root.
 //!
 //! A netlink socket belongs to the namespace it was created in. We create it on a short-lived
@@ -11,7 +12,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -19,7 +20,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 pub struct Netlink {
@@ -91,8 +92,8 @@ impl Netlink {
         }
     }
 
-    /// (index, name) of every link.
-    pub fn links(&mut self) -> io::Result<Vec<(u32, String)>> {
+    /// Every link: index, name and kind.
+    pub fn link_entries(&mut self) -> io::Result<Vec<LinkEntry>> {
         let msgs = self.request(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_REQUEST | NLM_F_DUMP,
@@ -105,11 +106,77 @@ impl Netlink {
                         LinkAttribute::IfName(n) => Some(n.clone()),
                         _ => None,
                     })?;
-                    Some((l.header.index, name))
+                    let kind = l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                            LinkInfo::Kind(k) => Some(k.to_string()),
+                            _ => None,
+                        }),
+                        _ => None,
+                    });
+                    Some(LinkEntry {
+                        index: l.header.index,
+                        name,
+                        kind,
+                    })
                 }
                 _ => None,
             })
             .collect())
+    }
+
+    /// (index, name) of every link.
+    pub fn links(&mut self) -> io::Result<Vec<(u32, String)>> {
+        Ok(self
+            .link_entries()?
+            .into_iter()
+            .map(|l| (l.index, l.name))
+            .collect())
+    }
+
+    pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(msg), NLM_F_REQUEST | NLM_F_ACK)?;
+        Ok(())
+    }
+
+    /// Move a link into the namespace open at `to`, under the name it has.
+    pub fn move_link(&mut self, index: u32, to: &std::fs::File) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes = vec![LinkAttribute::NetNsFd(to.as_raw_fd())];
+        self.request(RouteNetlinkMessage::SetLink(msg), NLM_F_REQUEST | NLM_F_ACK)?;
+        Ok(())
+    }
+
+    /// Clear away every link not in `keep` (indexes): links of a kind a plugin creates in place
+    /// (macvlan, ipvlan, vlan, …) are deleted; a device or a veth, which a plugin may have moved
+    /// in (host-device, SR-IOV), is given back to `home`, as those plugins' DEL would. Returns a
+    /// line per link, saying what was done or why it could not be.
+    pub fn sweep(&mut self, keep: &[u32], home: &std::fs::File) -> io::Result<Vec<String>> {
+        let mut done = Vec::new();
+        for l in self.link_entries()? {
+            if keep.contains(&l.index) || l.name == "lo" {
+                continue;
+            }
+            let kind = l.kind.as_deref().unwrap_or("device");
+            let line = if created_in_place(kind) {
+                match self.delete_link(l.index) {
+                    Ok(()) => format!("deleted {kind} {}", l.name),
+                    Err(e) => format!("could not delete {kind} {}: {e}", l.name),
+                }
+            } else {
+                match self.move_link(l.index, home) {
+                    Ok(()) => format!("gave {kind} {} back to plexus's network namespace", l.name),
+                    Err(e) => format!(
+                        "could not give {kind} {} back to plexus's network namespace: {e}",
+                        l.name
+                    ),
+                }
+            };
+            done.push(line);
+        }
+        Ok(done)
     }
 
     pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
@@ -171,6 +238,49 @@ impl Netlink {
     }
 }
 
+/// One link of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkEntry {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`macvlan`, `veth`, …); none for a physical device.
+    pub kind: Option<String>,
+}
+
+/// Kinds of link a plugin creates inside the pod's namespace (or creates elsewhere only to move
+/// in and rename): nothing outside the pod owns one, so a stray one is deleted. Everything else
+/// (physical devices, veths — a host-device "VF" may be one) goes back where plugins take it from.
+fn created_in_place(kind: &str) -> bool {
+    matches!(
+        kind,
+        "macvlan"
+            | "macvtap"
+            | "ipvlan"
+            | "ipvtap"
+            | "vlan"
+            | "vxlan"
+            | "geneve"
+            | "bridge"
+            | "bond"
+            | "dummy"
+            | "ifb"
+            | "vrf"
+            | "tun"
+            | "gre"
+            | "gretap"
+            | "ip6gre"
+            | "ip6gretap"
+            | "ipip"
+            | "sit"
+            | "ip6tnl"
+            | "vti"
+            | "vti6"
+            | "wireguard"
+            | "macsec"
+            | "netkit"
+    )
+}
+
 fn family(v6: bool) -> AddressFamily {
     if v6 {
         AddressFamily::Inet6
@@ -187,6 +297,11 @@ pub trait NetnsOps: Send + Sync {
     fn set_default_route(&self, netns: &str, gw: IpAddr, ifname: &str) -> io::Result<()>;
     /// Whether `netns` is the namespace plexus itself runs in.
     fn is_own(&self, netns: &str) -> io::Result<bool>;
+    /// The indexes of the links in the namespace at `netns`.
+    fn link_indexes(&self, netns: &str) -> io::Result<Vec<u32>>;
+    /// Clear away the links of `netns` whose index is not in `keep` (see [`Netlink::sweep`]);
+    /// a line per link.
+    fn sweep(&self, netns: &str, keep: &[u32]) -> io::Result<Vec<String>>;
 }
 
 /// [`NetnsOps`] on the real kernel.
@@ -204,6 +319,20 @@ impl NetnsOps for Kernel {
 
     fn set_default_route(&self, netns: &str, gw: IpAddr, ifname: &str) -> io::Result<()> {
         Netlink::open_in(Path::new(netns))?.set_default_route(gw, ifname)
+    }
+
+    fn link_indexes(&self, netns: &str) -> io::Result<Vec<u32>> {
+        Ok(Netlink::open_in(Path::new(netns))?
+            .links()?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    fn sweep(&self, netns: &str, keep: &[u32]) -> io::Result<Vec<String>> {
+        // Opened here, on a thread in plexus's own namespace, before the socket is in the pod's.
+        let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+        Netlink::open_in(Path::new(netns))?.sweep(keep, &home)
     }
 
     fn is_own(&self, netns: &str) -> io::Result<bool> {

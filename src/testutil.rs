@@ -10,11 +10,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// A netns that is not plexus's own and has only `lo`; default routes are recorded.
+/// A netns that is not plexus's own and has only `lo` (index 1); default routes and sweeps
+/// (their `keep` lists) are recorded.
 #[derive(Default)]
 pub struct FakeNetns {
     pub own: bool,
     pub routes: Mutex<Vec<String>>,
+    pub sweeps: Mutex<Vec<Vec<u32>>>,
 }
 
 impl NetnsOps for FakeNetns {
@@ -32,6 +34,13 @@ impl NetnsOps for FakeNetns {
     }
     fn is_own(&self, _netns: &str) -> std::io::Result<bool> {
         Ok(self.own)
+    }
+    fn link_indexes(&self, _netns: &str) -> std::io::Result<Vec<u32>> {
+        Ok(vec![1])
+    }
+    fn sweep(&self, _netns: &str, keep: &[u32]) -> std::io::Result<Vec<String>> {
+        self.sweeps.lock().unwrap().push(keep.to_vec());
+        Ok(vec![])
     }
 }
 

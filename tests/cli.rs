@@ -124,6 +124,7 @@ fn record(
         cni_path: vec![],
         attachments,
         del_attempts: 0,
+        links_before: None,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use plexus_e2e as common;
 
-use common::TestEnv;
+use common::{sh, TestEnv};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -699,16 +699,29 @@ fn version_verb_and_errors_speak_the_config_version() {
     );
 }
 
+/// What a delegate cut short leaves in the pod, as the real ones do: the macvlan plugin creates
+/// its link in the pod under a temporary `veth…` name and renames it after, host-device moves
+/// the device in and renames it after. Killed in between, their DEL finds neither.
+const HALF_DONE: &str = "ns=$(basename \"$CNI_NETNS\") && ip link add veth0badc0de link plxkm0 netns \"$ns\" type macvlan mode bridge && ip link set plxkvf netns \"$ns\"";
+
 /// plexus itself killed half-way through an ADD (OOM, node pressure): the runtime's DEL still
-/// removes everything, from the record written before any delegate ran.
+/// removes everything, from the record written before any delegate ran — what the delegates'
+/// DELs cannot find included: the stray macvlan is deleted, the device given back to the node.
 #[test]
 fn plexus_killed_mid_add_leaves_nothing_after_del() {
     use std::io::Write;
     let env = TestEnv::new("killed");
+    env.node_veth("plxkm0", "plxkm1");
+    env.node_veth("plxkvf", "plxkvfp");
     let mut ipam = env.host_local("cluster", "10.125.0.0/24");
     ipam["routes"] = json!([]);
     let cluster = json!({"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "bridge", "bridge": "plxkill0", "ipam": ipam}]});
-    let hang = rec_net(&env, "slow", "1.0.0", vec![json!({"type": "test-hang"})]);
+    let hang = rec_net(
+        &env,
+        "slow",
+        "1.0.0",
+        vec![json!({"type": "test-hang", "run": ["sh", "-c", HALF_DONE]})],
+    );
     let conf = env.plexus_conf("1.1.0", vec![cluster, hang]);
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", &env.node])
@@ -742,7 +755,16 @@ fn plexus_killed_mid_add_leaves_nothing_after_del() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    while !env.pod_links().contains(&"plxkvf".to_string()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the half-done work never appeared: {:?}",
+            env.pod_links()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(env.pod_links().contains(&"eth0".to_string()));
+    assert!(env.pod_links().contains(&"veth0badc0de".to_string()));
     // `ip netns exec` execs plexus, so the child's pid is plexus's.
     let _ = std::process::Command::new("kill")
         .args(["-9", &child.id().to_string()])
@@ -773,7 +795,12 @@ fn plexus_killed_mid_add_leaves_nothing_after_del() {
         "the pending record survives the crash"
     );
     env.cni("DEL", "c-killed", "eth0", &conf).ok();
-    env.assert_clean(&["plxkill0"]);
+    env.assert_clean(&["plxkill0", "plxkm0", "plxkm1", "plxkvf", "plxkvfp"]);
+    assert!(
+        env.node_links().contains(&"plxkvf".to_string()),
+        "the device is back on the node: {:?}",
+        env.node_links()
+    );
     assert!(
         env.reservations("cluster").is_empty(),
         "host-local reservation released"
@@ -785,6 +812,45 @@ fn plexus_killed_mid_add_leaves_nothing_after_del() {
         .map(|r| r["ifname"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(dels, ["net1"], "the interrupted delegate got its DEL too");
+}
+
+/// A delegate that fails half-way (its own bug, or SIGKILLed by the OOM killer) and whose DEL
+/// then finds nothing: plexus's rollback clears away what it left in the pod, and only that —
+/// the pod's links from before the ADD (a chained cluster network's) stay.
+#[test]
+fn a_delegate_that_fails_half_way_leaves_nothing_in_the_pod() {
+    let env = TestEnv::new("halfway");
+    env.node_veth("plxkm0", "plxkm1");
+    env.node_veth("plxkvf", "plxkvfp");
+    // What was there before: a link of the pod's own, which must survive.
+    sh(&[
+        "ip", "-n", &env.pod, "link", "add", "keepme", "type", "veth", "peer", "name", "keepme2",
+    ]);
+    let cluster = rec_net(
+        &env,
+        "cluster",
+        "1.0.0",
+        vec![json!({"type": "test-record"})],
+    );
+    let bad = rec_net(
+        &env,
+        "bad",
+        "1.0.0",
+        vec![json!({"type": "test-fail", "run": ["sh", "-c", HALF_DONE]})],
+    );
+    let conf = env.plexus_conf("1.1.0", vec![cluster, bad]);
+    let msg = env.cni("ADD", "c-half", "eth0", &conf).err(7);
+    assert!(msg.contains("network \"bad\""), "{msg}");
+    let mut pod = env.pod_links();
+    pod.sort();
+    assert_eq!(
+        pod,
+        ["keepme", "keepme2", "lo"],
+        "only what was there before"
+    );
+    assert!(env.node_links().contains(&"plxkvf".to_string()));
+    assert!(env.cache_files().is_empty());
+    env.cni("DEL", "c-half", "eth0", &conf).ok();
 }
 
 /// libcni/skel's CNI_NETNS_OVERRIDE is a flag, not a path: without it, ADD into plexus's own

@@ -392,6 +392,73 @@ fn plexus_own_netns_needs_cni_netns_override() {
 }
 
 #[test]
+fn only_the_teardown_of_an_add_cut_short_sweeps_the_pod_and_never_plexus_own_netns() {
+    let n = Node::new();
+    let two = |fail: bool| {
+        let b = if fail {
+            json!({"fail": "ADD"})
+        } else {
+            json!({})
+        };
+        n.conf(
+            "plexus",
+            "1.0.0",
+            vec![Node::net("a", json!({})), Node::net("b", b)],
+            json!({}),
+        )
+    };
+    let netns = Arc::new(FakeNetns::default());
+    let e = Engine::new(None, netns.clone());
+    let sweeps = || netns.sweeps.lock().unwrap().clone();
+
+    // An ADD that went through, and its DEL: the delegates' DELs are trusted, nothing swept.
+    add(&e, &req("ADD", "c1", ""), &two(false)).unwrap();
+    assert_eq!(
+        n.records()[0].links_before,
+        Some(vec![1]),
+        "the pod's links before"
+    );
+    e.del(&req("DEL", "c1", ""), Some(&two(false))).unwrap();
+    assert!(sweeps().is_empty(), "{:?}", sweeps());
+
+    // A delegate failed: the rollback sweeps, against the links there before the ADD.
+    add(&e, &req("ADD", "c2", ""), &two(true)).unwrap_err();
+    assert_eq!(sweeps(), vec![vec![1]]);
+
+    // plexus killed mid-ADD leaves the pending record: the runtime's DEL sweeps after it.
+    add(&e, &req("ADD", "c3", ""), &two(false)).unwrap();
+    let mut rec = n.records().pop().unwrap();
+    for a in &mut rec.attachments {
+        a.result = None;
+    }
+    n.cache().store(&rec).unwrap();
+    e.del(&req("DEL", "c3", ""), Some(&two(false))).unwrap();
+    assert_eq!(sweeps().len(), 2, "{:?}", sweeps());
+
+    // A DEL from another netns than the ADD's (the record's links are not that netns's).
+    add(&e, &req("ADD", "c4", ""), &two(false)).unwrap();
+    let mut rec = n.records().pop().unwrap();
+    rec.attachments[1].result = None;
+    n.cache().store(&rec).unwrap();
+    let mut other = req("DEL", "c4", "");
+    other.netns = Some("/var/run/netns/other".into());
+    e.del(&other, Some(&two(false))).unwrap();
+    assert_eq!(sweeps().len(), 2, "{:?}", sweeps());
+
+    // In plexus's own netns (CNI_NETNS_OVERRIDE), nothing is ever listed or swept.
+    let own = Arc::new(FakeNetns {
+        own: true,
+        ..Default::default()
+    });
+    let e = Engine::new(None, own.clone());
+    let mut r = req("ADD", "c5", "");
+    r.netns_override = true;
+    add(&e, &r, &two(true)).unwrap_err();
+    assert!(own.sweeps.lock().unwrap().is_empty());
+    assert!(n.records().is_empty());
+}
+
+#[test]
 fn default_route_moves_and_every_result_says_so() {
     let n = Node::new();
     let c = n.conf(

@@ -664,6 +664,22 @@ fn main() {
         }
     }
 
+    // What plexus itself cleared away after ADDs cut short (links their delegates' DELs missed).
+    let marker = "left by an ADD that was cut short";
+    let thin_log = std::fs::read_to_string(node.env.path().join("plexus.log")).unwrap_or_default();
+    let daemon_log = node
+        .daemon
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|d| d.log())
+        .unwrap_or_default();
+    let swept: Vec<&str> = thin_log
+        .lines()
+        .chain(daemon_log.lines())
+        .filter(|l| l.contains(marker))
+        .collect();
+
     let faults = node.faults.lock().unwrap().clone();
     let violations = node.violations.lock().unwrap().clone();
     let calls = node.calls.load(Ordering::Relaxed);
@@ -683,6 +699,13 @@ fn main() {
     println!(
         "checked: links (in each sandbox after its DEL, the node's), host-local reservations and cache records (before and after the final DELs), tc qdiscs, ifb devices, iptables rules (portmap)"
     );
+    println!(
+        "cleared away by plexus after ADDs cut short: {} link(s)",
+        swept.len()
+    );
+    for l in swept.iter().take(10) {
+        println!("  {}", l.trim());
+    }
     if leaks.is_empty() {
         println!("left over: nothing");
     } else {

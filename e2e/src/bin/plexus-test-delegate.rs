@@ -10,7 +10,9 @@
 //! cniVersion (or `answerVersion`, to test conversion). Other keys: `garbage` (print non-JSON),
 //! `sleepMs` (sleep that long first on the verbs in `sleepOn`, default `["ADD"]`: a slow delegate),
 //! `floodBytes` (on ADD, print that many bytes of `x` and exit 0), `holdStdout` (on ADD, leave a
-//! `sleep` child holding stdout open, then answer and exit).
+//! `sleep` child holding stdout open, then answer and exit), `run` (on ADD, before failing or
+//! hanging, run this argv with `{netns}` replaced by CNI_NETNS: a plugin's half-done work, such as
+//! a macvlan under its temporary name).
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -72,6 +74,28 @@ fn main() {
         f.write_all(format!("{line}\n").as_bytes()).expect("record");
     }
     eprintln!("{role}: {command} {}", env("CNI_IFNAME"));
+    if let Some(argv) = conf.get("run").and_then(Value::as_array) {
+        if command == "ADD" {
+            let argv: Vec<String> = argv
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|a| a.replace("{netns}", &env("CNI_NETNS")))
+                .collect();
+            if let Some((prog, args)) = argv.split_first() {
+                let ok = std::process::Command::new(prog)
+                    .args(args)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    println!(
+                        "{}",
+                        json!({"cniVersion": conf["cniVersion"], "code": 999, "msg": format!("run {argv:?} failed")})
+                    );
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
     if let Some(ms) = conf.get("sleepMs").and_then(Value::as_u64) {
         if verbs(&conf, "sleepOn").contains(&command) {
             std::thread::sleep(std::time::Duration::from_millis(ms));
