@@ -682,6 +682,13 @@ impl Fixture {
         self.call("DELETE", "/fixture/faults", None);
     }
 
+    /// The API server goes down for `ms` (every TCP connection cut, new ones refused) and comes
+    /// back with its state, as a kube-apiserver restarted over the same etcd.
+    pub fn outage(&self, ms: u64) {
+        let (code, v) = self.call("POST", &format!("/fixture/outage?ms={ms}"), None);
+        assert_eq!(code, 200, "{v}");
+    }
+
     /// Creates all of `objects` (each with apiVersion, kind, metadata.namespace) in one request,
     /// all or none; returns how many.
     pub fn create_objects(&self, objects: &[Value]) -> usize {

@@ -751,6 +751,87 @@ fn bulk_objects_cluster_wide_lists_and_field_selectors() {
     }
 }
 
+/// `POST /fixture/outage`: a keep-alive connection and a watch are cut at once, new connections
+/// are refused while it lasts, then the same address serves the same objects again.
+#[test]
+fn an_outage_cuts_every_connection_refuses_new_ones_and_comes_back_with_its_state() {
+    use std::io::{Read, Write};
+    let env = TestEnv::new("fx-outage");
+    let api = Fixture::start(&env);
+    api.create_pod("a", "p1", json!({}));
+    let port = api.port;
+    let node = env.node.clone();
+    // A keep-alive connection that has served one request, held open.
+    let kept = in_netns(&node, move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /api/v1/namespaces/a/pods/p1 HTTP/1.1\r\nhost: fixture\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        s
+    });
+    let watch = raw_watch(&env, port);
+    wait_until("the watch is live", || api.live_watches() == 1);
+
+    let t = Instant::now();
+    api.outage(1500);
+    let mut kept = kept;
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    match kept.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the kept connection was not cut: {e}"
+        ),
+        Ok(n) => panic!("the kept connection got {n} bytes instead of being cut"),
+    }
+    let wire = watch.join().unwrap();
+    assert!(
+        !wire.ends_with("\r\n0\r\n\r\n"),
+        "a cut, not a clean end: {wire}"
+    );
+    let refused = in_netns(&node, move || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+    });
+    assert_eq!(
+        refused.map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    wait_until("the API server is back", || {
+        in_netns(&node.clone(), move || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    });
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "back after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        api.pod("a", "p1")["metadata"]["name"],
+        "p1",
+        "the state is kept"
+    );
+    let node = env.node.clone();
+    let back = in_netns(&node, move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /api/v1/namespaces/a/pods/p1 HTTP/1.1\r\nhost: fixture\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
+    assert!(
+        back.starts_with("HTTP/1.1 200") && back.contains("\"p1\""),
+        "{back}"
+    );
+}
+
 /// A cluster-wide pod watch read off the wire in the node netns until the fixture closes it: the
 /// raw HTTP/1.1 response, chunk framing and all.
 fn raw_watch(env: &TestEnv, port: u16) -> std::thread::JoinHandle<String> {

@@ -25,6 +25,7 @@ fn a_small_soak_under_chaos_leaks_nothing() {
         "kill daemon",
         "delegate hangs past its deadline",
         "API server error",
+        "API server killed (down, then back)",
         "netns deleted before DEL",
     ] {
         assert!(

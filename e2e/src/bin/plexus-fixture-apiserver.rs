@@ -80,6 +80,11 @@
 //! - `DELETE /fixture/watches`: end every live watch stream cleanly (as a watch timeout or an API
 //!   server going away gracefully); `?abort=true` cuts them mid-stream instead (as a dropped
 //!   connection). The fixture keeps serving; answers `{"ended": N}`.
+//! - `POST /fixture/outage?ms=N`: the API server dies and comes back N ms later with its state
+//!   (as a kube-apiserver restarted over the same etcd): every TCP connection is cut at once
+//!   (reads and writes fail, watches end mid-stream), the TCP listener is closed so new
+//!   connections are refused, and after N ms it listens again on the same address. The unix
+//!   control socket stays up. Answers `{}` at once.
 //!
 //! # Not a real API server
 //!
@@ -96,10 +101,13 @@ use axum::http::{HeaderMap, Method, Response, StatusCode, Uri};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls;
@@ -183,6 +191,8 @@ struct Shared {
     state: Mutex<State>,
     live_watches: AtomicUsize,
     bookmark_every: Duration,
+    /// Bumped by `POST /fixture/outage`, with the outage's length in ms.
+    outage: watch::Sender<(u64, u64)>,
 }
 
 type App = Arc<Shared>;
@@ -459,6 +469,18 @@ fn fixture(
             200,
             &json!({"live": app.live_watches.load(Ordering::SeqCst)}),
         ),
+        (Method::POST, "outage") => {
+            let ms = q.get("ms").and_then(|m| m.parse().ok()).unwrap_or(1000);
+            app.outage.send_modify(|(generation, len)| {
+                *generation += 1;
+                *len = ms;
+            });
+            st.cut.send_modify(|(generation, how)| {
+                *generation += 1;
+                *how = true;
+            });
+            respond(200, &json!({}))
+        }
         (Method::DELETE, "watches") => {
             let abort = q.get("abort").is_some_and(|a| a == "true" || a == "1");
             let live = app.live_watches.load(Ordering::SeqCst);
@@ -1399,53 +1421,181 @@ fn tls_config(dir: &Path) -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
-/// An axum listener handing out TLS streams whose handshakes are done: handshakes run in tasks of
-/// their own, so one stalled or failed client never holds up the others.
-struct TlsListener {
-    ready: mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
+/// One API connection over TCP, plain or TLS; cut (every read and write fails) when an outage
+/// starts.
+struct Conn {
+    io: ConnIo,
+    cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+enum ConnIo {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Conn {
+    fn new(io: ConnIo, outage: &watch::Sender<(u64, u64)>) -> Conn {
+        let mut rx = outage.subscribe();
+        rx.mark_unchanged();
+        Conn {
+            io,
+            cut: Some(Box::pin(async move {
+                let _ = rx.changed().await;
+            })),
+        }
+    }
+
+    /// Whether an outage began since this connection was accepted (registering for the wake-up
+    /// when not).
+    fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.cut {
+            None => true,
+            Some(f) => {
+                if f.as_mut().poll(cx).is_ready() {
+                    self.cut = None;
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+}
+
+fn reset() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "the fixture API server went down",
+    )
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_cut(cx) {
+            return Poll::Ready(Err(reset()));
+        }
+        match &mut this.io {
+            ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.is_cut(cx) {
+            return Poll::Ready(Err(reset()));
+        }
+        match &mut this.io {
+            ConnIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.is_cut(cx) {
+            return Poll::Ready(Err(reset()));
+        }
+        match &mut this.io {
+            ConnIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &mut self.get_mut().io {
+            ConnIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The API's TCP listener for axum: accepts (and, with TLS, finishes each handshake in a task of
+/// its own, so one stalled or failed client never holds up the others), and on an outage closes
+/// the listening socket, waits it out and listens again on the same address.
+struct ApiListener {
+    ready: mpsc::Receiver<(Conn, SocketAddr)>,
     local: SocketAddr,
 }
 
-impl TlsListener {
-    fn new(tcp: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+impl ApiListener {
+    fn new(
+        tcp: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        app: App,
+    ) -> ApiListener {
         let local = tcp.local_addr().unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
+            let mut outages = app.outage.subscribe();
+            let mut tcp = Some(tcp);
             loop {
-                let Ok((stream, peer)) = tcp.accept().await else {
+                let Some(listener) = &tcp else {
+                    match tokio::net::TcpListener::bind(local).await {
+                        Ok(l) => tcp = Some(l),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                    continue;
+                };
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = outages.changed() => {
+                        let ms = outages.borrow_and_update().1;
+                        tcp = None;
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        continue;
+                    }
+                };
+                let Ok((stream, peer)) = accepted else {
                     // Out of descriptors or the like: wait rather than spin.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let acceptor = acceptor.clone();
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    let handshake = acceptor.accept(stream);
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(Duration::from_secs(10), handshake).await
-                    {
-                        let _ = tx.send((tls, peer)).await;
+                let app = app.clone();
+                match &acceptor {
+                    None => {
+                        let _ = tx
+                            .send((Conn::new(ConnIo::Plain(stream), &app.outage), peer))
+                            .await;
                     }
-                });
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            let handshake = acceptor.accept(stream);
+                            if let Ok(Ok(tls)) =
+                                tokio::time::timeout(Duration::from_secs(10), handshake).await
+                            {
+                                let conn = Conn::new(ConnIo::Tls(Box::new(tls)), &app.outage);
+                                let _ = tx.send((conn, peer)).await;
+                            }
+                        });
+                    }
+                }
             }
         });
-        TlsListener { ready, local }
+        ApiListener { ready, local }
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+impl axum::serve::Listener for ApiListener {
+    type Io = Conn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        self.ready
-            .recv()
-            .await
-            .expect("the TLS acceptor task ended")
+        self.ready.recv().await.expect("the acceptor task ended")
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -1507,6 +1657,7 @@ fn main() {
             }),
             live_watches: AtomicUsize::new(0),
             bookmark_every: Duration::from_millis(bookmark_interval_ms.max(1)),
+            outage: watch::Sender::new((0, 0)),
         });
         let router = |control| {
             axum::Router::new().fallback(handle).with_state(Ctx {
@@ -1523,13 +1674,8 @@ fn main() {
             tokio::spawn(async move { axum::serve(ul, r).await.unwrap() });
         }
         let router = router(false);
-        let server = match &tls_dir {
-            Some(dir) => {
-                let listener = TlsListener::new(tcp, tls_config(dir));
-                tokio::spawn(async move { axum::serve(listener, router).await.unwrap() })
-            }
-            None => tokio::spawn(async move { axum::serve(tcp, router).await.unwrap() }),
-        };
+        let listener = ApiListener::new(tcp, tls_dir.as_deref().map(tls_config), app.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         // Announce only once every socket listens and ca.crt is written: the unix socket's file
         // appears at bind(2), before listen(2), so its existence alone is not readiness.
         println!("listening on {addr}");

@@ -6,7 +6,8 @@
 //! bridge, macvlan, host-local, tuning and bandwidth), half through the exec'd plugin (thin, its own
 //! kubeconfig) and half through the shim and `plexus daemon`, against the fixture API server (a test
 //! fixture, not a kube-apiserver). Faults at random: SIGKILL of plexus mid-call, SIGKILL of a
-//! delegate, a delegate that hangs past its deadline, API errors and slowness, SIGKILL of the daemon
+//! delegate, a delegate that hangs past its deadline, API errors and slowness, the API server
+//! down (connections cut and refused) and back, SIGKILL of the daemon
 //! (restarted), the netns deleted before DEL, duplicate DELs, DELs without an ADD, GCs whose
 //! valid-attachments leave some live sandboxes out.
 //!
@@ -468,15 +469,21 @@ impl Node {
         }
     }
 
-    /// API errors and slowness now and then (the fixture's faults expire after `times`).
+    /// API errors and slowness now and then (the fixture's faults expire after `times`), and the
+    /// API server going down (every connection cut, new ones refused) and coming back.
     fn api_loop(&self, seed: u64) {
         let mut rng = Rng::new(seed ^ 0x6170);
-        let mut first = true;
+        let mut round = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
-            if !std::mem::take(&mut first) {
+            if round > 0 {
                 std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
             }
-            if rng.chance(50) {
+            round += 1;
+            // The second round always takes it down, so a small run has it too.
+            if round == 2 || (round > 2 && rng.chance(15)) {
+                self.api.outage(300 + rng.below(1700));
+                self.fault("API server killed (down, then back)");
+            } else if round == 1 || rng.chance(50) {
                 self.api
                     .fault(json!({"pathPrefix": "/api/v1/namespaces/default/pods",
                     "method": "GET", "status": 500, "times": 1 + rng.below(3), "watch": false}));
