@@ -53,7 +53,12 @@ impl Rng {
     }
 }
 
-/// The NADs pods pick from (name, config); `hang-x` only comes with the hang fault.
+/// What a macvlan plugin killed between creating its link (under a temporary name, in the pod)
+/// and renaming it leaves; `half-y` does it and fails, as if killed there.
+const HALF_DONE: &str = "ns=$(basename \"$CNI_NETNS\") && ip link add veth0badc0de link soakm0 netns \"$ns\" type macvlan mode bridge";
+
+/// The NADs pods pick from (name, config); `hang-x` only comes with the hang fault, `half-y`
+/// with the cut-short one.
 fn nads(env: &TestEnv) -> Vec<(&'static str, Value)> {
     vec![
         (
@@ -82,6 +87,11 @@ fn nads(env: &TestEnv) -> Vec<(&'static str, Value)> {
         (
             "hang-x",
             json!({"cniVersion": "1.0.0", "name": "hang-x", "type": "test-hang"}),
+        ),
+        (
+            "half-y",
+            json!({"cniVersion": "1.0.0", "name": "half-y", "type": "test-fail",
+                "run": ["sh", "-c", HALF_DONE]}),
         ),
     ]
 }
@@ -305,6 +315,10 @@ impl Node {
             if rng.chance(3) || (w == 0 && c == 1) {
                 picked.push("hang-x");
                 self.fault("delegate hangs past its deadline");
+            } else if rng.chance(3) || [1, 6, 11].contains(&c) {
+                // Early, midway and late in a small run too, whatever the API server is doing.
+                picked.push("half-y");
+                self.fault("delegate cut short after creating its link");
             }
             let annotation = picked.join(",");
             let mut ann = json!({});
