@@ -70,10 +70,21 @@ pub struct SandboxRecord {
     /// DELs that failed for some attachment so far; see `chain::MAX_DEL_ATTEMPTS`.
     #[serde(default)]
     pub del_attempts: u32,
-    /// The indexes of the links in the pod's namespace before the ADD's first delegate ran. If
-    /// the ADD was cut short, what is there after the DELs and not in this list was left by it.
+    /// The pod's namespace and its links before the ADD's first delegate ran; cleared once the
+    /// ADD went through. While it is here, the ADD was cut short: what it left that its DELs did
+    /// not remove is found against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub links_before: Option<Vec<u32>>,
+    pub links_before: Option<PodLinks>,
+}
+
+/// A pod network namespace (the inode behind its path, so a reused path is told apart) and the
+/// indexes of its links at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLinks {
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+    pub indexes: Vec<u32>,
 }
 
 /// One attachment as recorded: enough to DEL, CHECK and GC it later, byte for byte.

@@ -247,6 +247,8 @@ impl Engine {
         let mut txn = || -> Result<Attached, CniError> {
             let results = chain.add(&attachments, prev, &mut record)?;
             let results = self.apply_default_routes(req, &attachments, &mut record, results)?;
+            // Every delegate went through: from here on their DELs are trusted to undo them.
+            record.links_before = None;
             cache.store(&record)?;
             let done = summarize(conf, &attachments, &record, results)?;
             if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
@@ -271,14 +273,14 @@ impl Engine {
         }
     }
 
-    /// The indexes of the pod's links now, for [`sweep_strays`]; none when there is no pod
+    /// The pod's namespace and links now, for [`sweep_strays`]; none when there is no pod
     /// namespace to look at, or it is plexus's own (never swept).
-    fn links_now(&self, req: &Request) -> Option<Vec<u32>> {
+    fn links_now(&self, req: &Request) -> Option<crate::cache::PodLinks> {
         let netns = req.netns.as_deref().filter(|n| !n.is_empty())?;
         if self.netns.is_own(netns).unwrap_or(true) {
             return None;
         }
-        match self.netns.link_indexes(netns) {
+        match self.netns.pod_links(netns) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::warn!(
@@ -815,27 +817,24 @@ fn undo(
     cause
 }
 
-/// Once every DEL of a record whose ADD was cut short (an attachment still pending: a delegate
-/// killed or failed midway, or plexus or the daemon killed) has succeeded, clear away what that
-/// ADD's delegates left in the pod that their DELs could not find — a macvlan killed between
-/// creating its link under a temporary `veth…` name and renaming it, a device moved in and not
-/// yet renamed. The ADD held the container's lock throughout, so every link that is there now
-/// and was not before it started is its doing. Virtual links are deleted, devices and veths go
-/// back to plexus's namespace (see [`crate::netns::Netlink::sweep`]). Best effort: logged.
+/// Once every DEL of a record whose ADD was cut short (a delegate killed or failing midway, or
+/// plexus or the daemon killed: its `links_before` is still there) has succeeded, clear away what
+/// that ADD's delegates left in the pod that their DELs could not find — a macvlan killed between
+/// creating its link under a temporary `veth…` name and renaming it, a device moved in and not yet
+/// renamed. Only links that were not there before the ADD and that it could have made are
+/// touched ([`crate::netns::decide`]); only in the namespace the ADD ran in (by inode, not path).
+/// Best effort: logged, never an error.
 fn sweep_strays(ops: &dyn NetnsOps, chain: &Chain, record: &SandboxRecord) {
     let Some(before) = &record.links_before else {
         return;
     };
-    if chain.netns.is_empty()
-        || chain.netns != record.netns
-        || record.attachments.iter().all(|a| a.result.is_some())
-    {
+    if chain.netns.is_empty() || chain.netns != record.netns {
         return;
     }
     if ops.is_own(&chain.netns).unwrap_or(true) {
         return;
     }
-    match ops.sweep(&chain.netns, before) {
+    match ops.sweep(&chain.netns, before, &sweep_scope(record)) {
         Ok(done) => {
             for line in done {
                 tracing::warn!(
@@ -847,11 +846,30 @@ fn sweep_strays(ops: &dyn NetnsOps, chain: &Chain, record: &SandboxRecord) {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(
-            "{}: cannot look for links left in {}: {e}",
+            "{}: not looking for links left in {}: {e}",
             chain.who,
             chain.netns
         ),
     }
+}
+
+/// The names a record's ADD could have left links under: its interfaces, and the node devices
+/// its configs name (host-device's `device`, at the top or in any plugin of a conflist).
+fn sweep_scope(record: &SandboxRecord) -> crate::netns::SweepScope {
+    let mut scope = crate::netns::SweepScope::default();
+    for a in &record.attachments {
+        scope.ifnames.push(a.ifname.clone());
+        let Ok(v) = serde_json::from_str::<Value>(&a.config) else {
+            continue;
+        };
+        let plugins = v["plugins"].as_array().cloned().unwrap_or_default();
+        for p in std::iter::once(&v).chain(plugins.iter()) {
+            if let Some(d) = p["device"].as_str().filter(|d| !d.is_empty()) {
+                scope.devices.push(d.to_string());
+            }
+        }
+    }
+    scope
 }
 
 /// DEL a record's attachments; remove the record when all are gone, else keep the failed ones
@@ -879,7 +897,6 @@ fn del_record(
             record.del_attempts,
             join_errors(errors)
         );
-        sweep_strays(ops, chain, &record);
         cache.remove(&record.key())?;
         lock.remove();
         return Ok(());

@@ -23,6 +23,8 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
+pub use crate::cache::PodLinks;
+
 pub struct Netlink {
     socket: Socket,
     seq: u32,
@@ -149,30 +151,35 @@ impl Netlink {
         Ok(())
     }
 
-    /// Clear away every link not in `keep` (indexes): links of a kind a plugin creates in place
-    /// (macvlan, ipvlan, vlan, …) are deleted; a device or a veth, which a plugin may have moved
-    /// in (host-device, SR-IOV), is given back to `home`, as those plugins' DEL would. Returns a
-    /// line per link, saying what was done or why it could not be.
-    pub fn sweep(&mut self, keep: &[u32], home: &std::fs::File) -> io::Result<Vec<String>> {
+    /// Clear away what an ADD cut short left: every link not in `keep` (indexes) that `scope`
+    /// says the ADD could have made (see [`decide`]) is deleted or given back to `home`; any
+    /// other new link is left alone. Returns a line per link touched, saying what was done or why
+    /// it could not be.
+    pub fn sweep(
+        &mut self,
+        keep: &[u32],
+        scope: &SweepScope,
+        home: &std::fs::File,
+    ) -> io::Result<Vec<String>> {
         let mut done = Vec::new();
         for l in self.link_entries()? {
             if keep.contains(&l.index) || l.name == "lo" {
                 continue;
             }
             let kind = l.kind.as_deref().unwrap_or("device");
-            let line = if created_in_place(kind) {
-                match self.delete_link(l.index) {
+            let line = match decide(l.kind.as_deref(), &l.name, scope) {
+                Action::Leave => continue,
+                Action::Delete => match self.delete_link(l.index) {
                     Ok(()) => format!("deleted {kind} {}", l.name),
                     Err(e) => format!("could not delete {kind} {}: {e}", l.name),
-                }
-            } else {
-                match self.move_link(l.index, home) {
+                },
+                Action::GiveBack => match self.move_link(l.index, home) {
                     Ok(()) => format!("gave {kind} {} back to plexus's network namespace", l.name),
                     Err(e) => format!(
                         "could not give {kind} {} back to plexus's network namespace: {e}",
                         l.name
                     ),
-                }
+                },
             };
             done.push(line);
         }
@@ -247,38 +254,52 @@ pub struct LinkEntry {
     pub kind: Option<String>,
 }
 
-/// Kinds of link a plugin creates inside the pod's namespace (or creates elsewhere only to move
-/// in and rename): nothing outside the pod owns one, so a stray one is deleted. Everything else
-/// (physical devices, veths — a host-device "VF" may be one) goes back where plugins take it from.
-fn created_in_place(kind: &str) -> bool {
-    matches!(
+/// What an ADD cut short could have left in the pod under a name its delegates' DELs do not
+/// look for, or under one they do but did not remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepScope {
+    /// The record's interface names (`eth0`, `net1`, …).
+    pub ifnames: Vec<String>,
+    /// Node devices its configs name (host-device's `device`), which a plugin moves into the pod
+    /// under their own name before renaming them.
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Delete,
+    GiveBack,
+    Leave,
+}
+
+/// What to do with a link that was not in the pod before the ADD:
+/// - a macvlan, ipvlan or vlan under the temporary name the reference plugins create it with
+///   (`veth` and 8 hex digits; they rename it to the interface name after): deleted;
+/// - one of the record's interface names still there after its DEL: a device (no kind) is given
+///   back to plexus's namespace, a virtual link deleted;
+/// - a node device the configs name, under its own name: given back;
+/// - anything else is not known to be the ADD's (the pod's own, or another runtime call's): left.
+pub fn decide(kind: Option<&str>, name: &str, scope: &SweepScope) -> Action {
+    let temp_name = name.len() == 12
+        && name.starts_with("veth")
+        && name[4..].bytes().all(|b| b.is_ascii_hexdigit());
+    let stacked = matches!(
         kind,
-        "macvlan"
-            | "macvtap"
-            | "ipvlan"
-            | "ipvtap"
-            | "vlan"
-            | "vxlan"
-            | "geneve"
-            | "bridge"
-            | "bond"
-            | "dummy"
-            | "ifb"
-            | "vrf"
-            | "tun"
-            | "gre"
-            | "gretap"
-            | "ip6gre"
-            | "ip6gretap"
-            | "ipip"
-            | "sit"
-            | "ip6tnl"
-            | "vti"
-            | "vti6"
-            | "wireguard"
-            | "macsec"
-            | "netkit"
-    )
+        Some("macvlan" | "macvtap" | "ipvlan" | "ipvtap" | "vlan")
+    );
+    if temp_name && stacked {
+        return Action::Delete;
+    }
+    if scope.ifnames.iter().any(|n| n == name) {
+        return match kind {
+            None => Action::GiveBack,
+            Some(_) => Action::Delete,
+        };
+    }
+    if scope.devices.iter().any(|d| d == name) {
+        return Action::GiveBack;
+    }
+    Action::Leave
 }
 
 fn family(v6: bool) -> AddressFamily {
@@ -297,11 +318,11 @@ pub trait NetnsOps: Send + Sync {
     fn set_default_route(&self, netns: &str, gw: IpAddr, ifname: &str) -> io::Result<()>;
     /// Whether `netns` is the namespace plexus itself runs in.
     fn is_own(&self, netns: &str) -> io::Result<bool>;
-    /// The indexes of the links in the namespace at `netns`.
-    fn link_indexes(&self, netns: &str) -> io::Result<Vec<u32>>;
-    /// Clear away the links of `netns` whose index is not in `keep` (see [`Netlink::sweep`]);
-    /// a line per link.
-    fn sweep(&self, netns: &str, keep: &[u32]) -> io::Result<Vec<String>>;
+    /// The namespace at `netns` (its inode) and the indexes of its links now.
+    fn pod_links(&self, netns: &str) -> io::Result<PodLinks>;
+    /// Clear away what an ADD cut short left in `netns` (see [`Netlink::sweep`]), if `netns` is
+    /// still the namespace `before` was taken in; a line per link touched.
+    fn sweep(&self, netns: &str, before: &PodLinks, scope: &SweepScope) -> io::Result<Vec<String>>;
 }
 
 /// [`NetnsOps`] on the real kernel.
@@ -321,18 +342,33 @@ impl NetnsOps for Kernel {
         Netlink::open_in(Path::new(netns))?.set_default_route(gw, ifname)
     }
 
-    fn link_indexes(&self, netns: &str) -> io::Result<Vec<u32>> {
-        Ok(Netlink::open_in(Path::new(netns))?
+    fn pod_links(&self, netns: &str) -> io::Result<PodLinks> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(netns)?;
+        let indexes = Netlink::open_in(Path::new(netns))?
             .links()?
             .into_iter()
             .map(|(i, _)| i)
-            .collect())
+            .collect();
+        Ok(PodLinks {
+            netns_dev: m.dev(),
+            netns_ino: m.ino(),
+            indexes,
+        })
     }
 
-    fn sweep(&self, netns: &str, keep: &[u32]) -> io::Result<Vec<String>> {
+    fn sweep(&self, netns: &str, before: &PodLinks, scope: &SweepScope) -> io::Result<Vec<String>> {
+        use std::os::unix::fs::MetadataExt;
         // Opened here, on a thread in plexus's own namespace, before the socket is in the pod's.
         let home = std::fs::File::open("/proc/thread-self/ns/net")?;
-        Netlink::open_in(Path::new(netns))?.sweep(keep, &home)
+        let ns = std::fs::File::open(netns)?;
+        let m = ns.metadata()?;
+        if (m.dev(), m.ino()) != (before.netns_dev, before.netns_ino) {
+            return Err(io::Error::other(
+                "it is another network namespace than the ADD's now; nothing touched",
+            ));
+        }
+        Netlink::open_in(Path::new(netns))?.sweep(&before.indexes, scope, &home)
     }
 
     fn is_own(&self, netns: &str) -> io::Result<bool> {
@@ -350,6 +386,35 @@ impl NetnsOps for Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_the_add_could_have_made_is_swept() {
+        let scope = SweepScope {
+            ifnames: vec!["eth0".into(), "net1".into()],
+            devices: vec!["ens1f0".into()],
+        };
+        let d = |kind: Option<&str>, name: &str| decide(kind, name, &scope);
+        // The reference plugins' temporary names, on the kinds they create that way.
+        assert_eq!(d(Some("macvlan"), "veth87c6c835"), Action::Delete);
+        assert_eq!(d(Some("ipvlan"), "vethdeadbeef"), Action::Delete);
+        assert_eq!(d(Some("vlan"), "veth0badc0de"), Action::Delete);
+        // The same name on a veth (a pod's own, or a bridge plugin's peer) or not quite the
+        // pattern: not known to be the ADD's.
+        assert_eq!(d(Some("veth"), "veth87c6c835"), Action::Leave);
+        assert_eq!(d(Some("macvlan"), "veth87c6c83"), Action::Leave);
+        assert_eq!(d(Some("macvlan"), "vethxyzxyzxy"), Action::Leave);
+        // The record's interfaces, left by a DEL that said it succeeded.
+        assert_eq!(d(Some("macvlan"), "net1"), Action::Delete);
+        assert_eq!(d(Some("veth"), "eth0"), Action::Delete);
+        assert_eq!(d(None, "net1"), Action::GiveBack);
+        // A node device the config names, moved in and not renamed yet.
+        assert_eq!(d(None, "ens1f0"), Action::GiveBack);
+        assert_eq!(d(Some("veth"), "ens1f0"), Action::GiveBack);
+        // Anything else stays: the pod's own links, another call's.
+        assert_eq!(d(Some("veth"), "keepme"), Action::Leave);
+        assert_eq!(d(None, "ens2f0"), Action::Leave);
+        assert_eq!(d(Some("tun"), "tun0"), Action::Leave);
+    }
 
     #[test]
     fn own_namespace_is_recognised() {

@@ -16,7 +16,8 @@ use std::sync::Mutex;
 pub struct FakeNetns {
     pub own: bool,
     pub routes: Mutex<Vec<String>>,
-    pub sweeps: Mutex<Vec<Vec<u32>>>,
+    /// Each sweep's links-before and the interface names in its scope.
+    pub sweeps: Mutex<Vec<(Vec<u32>, Vec<String>)>>,
 }
 
 impl NetnsOps for FakeNetns {
@@ -35,11 +36,23 @@ impl NetnsOps for FakeNetns {
     fn is_own(&self, _netns: &str) -> std::io::Result<bool> {
         Ok(self.own)
     }
-    fn link_indexes(&self, _netns: &str) -> std::io::Result<Vec<u32>> {
-        Ok(vec![1])
+    fn pod_links(&self, _netns: &str) -> std::io::Result<crate::cache::PodLinks> {
+        Ok(crate::cache::PodLinks {
+            netns_dev: 1,
+            netns_ino: 2,
+            indexes: vec![1],
+        })
     }
-    fn sweep(&self, _netns: &str, keep: &[u32]) -> std::io::Result<Vec<String>> {
-        self.sweeps.lock().unwrap().push(keep.to_vec());
+    fn sweep(
+        &self,
+        _netns: &str,
+        before: &crate::cache::PodLinks,
+        scope: &crate::netns::SweepScope,
+    ) -> std::io::Result<Vec<String>> {
+        self.sweeps
+            .lock()
+            .unwrap()
+            .push((before.indexes.clone(), scope.ifnames.clone()));
         Ok(vec![])
     }
 }

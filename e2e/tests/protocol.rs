@@ -701,7 +701,8 @@ fn version_verb_and_errors_speak_the_config_version() {
 
 /// What a delegate cut short leaves in the pod, as the real ones do: the macvlan plugin creates
 /// its link in the pod under a temporary `veth…` name and renames it after, host-device moves
-/// the device in and renames it after. Killed in between, their DEL finds neither.
+/// the device its config names (`device`) in and renames it after. Killed in between, their DEL
+/// finds neither.
 const HALF_DONE: &str = "ns=$(basename \"$CNI_NETNS\") && ip link add veth0badc0de link plxkm0 netns \"$ns\" type macvlan mode bridge && ip link set plxkvf netns \"$ns\"";
 
 /// plexus itself killed half-way through an ADD (OOM, node pressure): the runtime's DEL still
@@ -720,7 +721,7 @@ fn plexus_killed_mid_add_leaves_nothing_after_del() {
         &env,
         "slow",
         "1.0.0",
-        vec![json!({"type": "test-hang", "run": ["sh", "-c", HALF_DONE]})],
+        vec![json!({"type": "test-hang", "run": ["sh", "-c", HALF_DONE], "device": "plxkvf"})],
     );
     let conf = env.plexus_conf("1.1.0", vec![cluster, hang]);
     let mut child = std::process::Command::new("ip")
@@ -816,7 +817,8 @@ fn plexus_killed_mid_add_leaves_nothing_after_del() {
 
 /// A delegate that fails half-way (its own bug, or SIGKILLed by the OOM killer) and whose DEL
 /// then finds nothing: plexus's rollback clears away what it left in the pod, and only that —
-/// the pod's links from before the ADD (a chained cluster network's) stay.
+/// the pod's links from before the ADD (a chained cluster network's) stay, and so does a link
+/// that appears meanwhile that the ADD could not have made.
 #[test]
 fn a_delegate_that_fails_half_way_leaves_nothing_in_the_pod() {
     let env = TestEnv::new("halfway");
@@ -836,7 +838,8 @@ fn a_delegate_that_fails_half_way_leaves_nothing_in_the_pod() {
         &env,
         "bad",
         "1.0.0",
-        vec![json!({"type": "test-fail", "run": ["sh", "-c", HALF_DONE]})],
+        vec![json!({"type": "test-fail", "device": "plxkvf",
+            "run": ["sh", "-c", format!("{HALF_DONE} && ip -n \"$ns\" link add other0 type veth peer name other1")]})],
     );
     let conf = env.plexus_conf("1.1.0", vec![cluster, bad]);
     let msg = env.cni("ADD", "c-half", "eth0", &conf).err(7);
@@ -845,8 +848,8 @@ fn a_delegate_that_fails_half_way_leaves_nothing_in_the_pod() {
     pod.sort();
     assert_eq!(
         pod,
-        ["keepme", "keepme2", "lo"],
-        "only what was there before"
+        ["keepme", "keepme2", "lo", "other0", "other1"],
+        "what was there before, and what the ADD could not have made"
     );
     assert!(env.node_links().contains(&"plxkvf".to_string()));
     assert!(env.cache_files().is_empty());

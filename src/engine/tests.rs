@@ -394,11 +394,10 @@ fn plexus_own_netns_needs_cni_netns_override() {
 #[test]
 fn only_the_teardown_of_an_add_cut_short_sweeps_the_pod_and_never_plexus_own_netns() {
     let n = Node::new();
-    let two = |fail: bool| {
-        let b = if fail {
-            json!({"fail": "ADD"})
-        } else {
-            json!({})
+    let two = |fail: Option<&str>| {
+        let b = match fail {
+            Some(verb) => json!({"fail": verb}),
+            None => json!({}),
         };
         n.conf(
             "plexus",
@@ -410,40 +409,77 @@ fn only_the_teardown_of_an_add_cut_short_sweeps_the_pod_and_never_plexus_own_net
     let netns = Arc::new(FakeNetns::default());
     let e = Engine::new(None, netns.clone());
     let sweeps = || netns.sweeps.lock().unwrap().clone();
+    let both = (vec![1], vec!["eth0".to_string(), "net1".to_string()]);
 
-    // An ADD that went through, and its DEL: the delegates' DELs are trusted, nothing swept.
-    add(&e, &req("ADD", "c1", ""), &two(false)).unwrap();
-    assert_eq!(
-        n.records()[0].links_before,
-        Some(vec![1]),
-        "the pod's links before"
-    );
-    e.del(&req("DEL", "c1", ""), Some(&two(false))).unwrap();
+    // An ADD that went through: the record no longer holds the links from before (its
+    // delegates' DELs are trusted), and its DEL sweeps nothing.
+    add(&e, &req("ADD", "c1", ""), &two(None)).unwrap();
+    assert_eq!(n.records()[0].links_before, None);
+    e.del(&req("DEL", "c1", ""), Some(&two(None))).unwrap();
     assert!(sweeps().is_empty(), "{:?}", sweeps());
 
-    // A delegate failed: the rollback sweeps, against the links there before the ADD.
-    add(&e, &req("ADD", "c2", ""), &two(true)).unwrap_err();
-    assert_eq!(sweeps(), vec![vec![1]]);
+    // A delegate failed: the rollback sweeps, against the links there before the ADD, for the
+    // names that ADD could have used.
+    add(&e, &req("ADD", "c2", ""), &two(Some("ADD"))).unwrap_err();
+    assert_eq!(sweeps(), vec![both.clone()]);
 
-    // plexus killed mid-ADD leaves the pending record: the runtime's DEL sweeps after it.
-    add(&e, &req("ADD", "c3", ""), &two(false)).unwrap();
-    let mut rec = n.records().pop().unwrap();
-    for a in &mut rec.attachments {
-        a.result = None;
-    }
-    n.cache().store(&rec).unwrap();
-    e.del(&req("DEL", "c3", ""), Some(&two(false))).unwrap();
+    // plexus killed mid-ADD leaves the pending record (links included): the runtime's DEL
+    // sweeps after it.
+    let pending = |id: &str| {
+        add(&e, &req("ADD", id, ""), &two(None)).unwrap();
+        let mut rec = n
+            .records()
+            .into_iter()
+            .find(|r| r.container_id == id)
+            .unwrap();
+        for a in &mut rec.attachments {
+            a.result = None;
+        }
+        rec.links_before = Some(crate::cache::PodLinks {
+            netns_dev: 1,
+            netns_ino: 2,
+            indexes: vec![1],
+        });
+        n.cache().store(&rec).unwrap();
+    };
+    pending("c3");
+    e.del(&req("DEL", "c3", ""), Some(&two(None))).unwrap();
     assert_eq!(sweeps().len(), 2, "{:?}", sweeps());
+
+    // Its DEL fails for one attachment: no sweep yet (that delegate still owns its links); the
+    // record keeps the failed one and the links from before, and the DEL that finally succeeds
+    // sweeps.
+    pending("c4");
+    let mut rec = n
+        .records()
+        .into_iter()
+        .find(|r| r.container_id == "c4")
+        .unwrap();
+    rec.attachments[0].config = rec.attachments[0]
+        .config
+        .replace("\"type\":\"rec\"", "\"type\":\"rec\",\"fail\":\"DEL\"");
+    n.cache().store(&rec).unwrap();
+    e.del(&req("DEL", "c4", ""), Some(&two(None))).unwrap_err();
+    assert_eq!(sweeps().len(), 2, "{:?}", sweeps());
+    let mut rec = n
+        .records()
+        .into_iter()
+        .find(|r| r.container_id == "c4")
+        .unwrap();
+    assert_eq!(rec.attachments.len(), 1);
+    assert!(rec.links_before.is_some());
+    rec.attachments[0].config = rec.attachments[0].config.replace(",\"fail\":\"DEL\"", "");
+    n.cache().store(&rec).unwrap();
+    e.del(&req("DEL", "c4", ""), Some(&two(None))).unwrap();
+    assert_eq!(sweeps().len(), 3, "{:?}", sweeps());
+    assert_eq!(sweeps()[2].1, vec!["eth0".to_string()], "the one left");
 
     // A DEL from another netns than the ADD's (the record's links are not that netns's).
-    add(&e, &req("ADD", "c4", ""), &two(false)).unwrap();
-    let mut rec = n.records().pop().unwrap();
-    rec.attachments[1].result = None;
-    n.cache().store(&rec).unwrap();
-    let mut other = req("DEL", "c4", "");
+    pending("c5");
+    let mut other = req("DEL", "c5", "");
     other.netns = Some("/var/run/netns/other".into());
-    e.del(&other, Some(&two(false))).unwrap();
-    assert_eq!(sweeps().len(), 2, "{:?}", sweeps());
+    e.del(&other, Some(&two(None))).unwrap();
+    assert_eq!(sweeps().len(), 3, "{:?}", sweeps());
 
     // In plexus's own netns (CNI_NETNS_OVERRIDE), nothing is ever listed or swept.
     let own = Arc::new(FakeNetns {
@@ -451,11 +487,11 @@ fn only_the_teardown_of_an_add_cut_short_sweeps_the_pod_and_never_plexus_own_net
         ..Default::default()
     });
     let e = Engine::new(None, own.clone());
-    let mut r = req("ADD", "c5", "");
+    let mut r = req("ADD", "c6", "");
     r.netns_override = true;
-    add(&e, &r, &two(true)).unwrap_err();
+    add(&e, &r, &two(Some("ADD"))).unwrap_err();
     assert!(own.sweeps.lock().unwrap().is_empty());
-    assert!(n.records().is_empty());
+    assert!(n.records().iter().all(|r| r.container_id != "c6"));
 }
 
 #[test]

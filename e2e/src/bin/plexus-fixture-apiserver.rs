@@ -82,9 +82,9 @@
 //!   connection). The fixture keeps serving; answers `{"ended": N}`.
 //! - `POST /fixture/outage?ms=N`: the API server dies and comes back N ms later with its state
 //!   (as a kube-apiserver restarted over the same etcd): every TCP connection is cut at once
-//!   (reads and writes fail, watches end mid-stream), the TCP listener is closed so new
-//!   connections are refused, and after N ms it listens again on the same address. The unix
-//!   control socket stays up. Answers `{}` at once.
+//!   (reads and writes fail, watches end mid-stream), and for N ms every new connection is reset
+//!   as soon as it is accepted (the port stays bound, so nothing else can take it meanwhile). The
+//!   unix control socket stays up. In effect when it answers `{}`.
 //!
 //! # Not a real API server
 //!
@@ -191,8 +191,10 @@ struct Shared {
     state: Mutex<State>,
     live_watches: AtomicUsize,
     bookmark_every: Duration,
-    /// Bumped by `POST /fixture/outage`, with the outage's length in ms.
-    outage: watch::Sender<(u64, u64)>,
+    /// Bumped by `POST /fixture/outage`: cuts every connection accepted before.
+    outage: watch::Sender<u64>,
+    /// Until when new connections are reset.
+    down_until: Mutex<Option<std::time::Instant>>,
 }
 
 type App = Arc<Shared>;
@@ -471,10 +473,9 @@ fn fixture(
         ),
         (Method::POST, "outage") => {
             let ms = q.get("ms").and_then(|m| m.parse().ok()).unwrap_or(1000);
-            app.outage.send_modify(|(generation, len)| {
-                *generation += 1;
-                *len = ms;
-            });
+            *app.down_until.lock().unwrap() =
+                Some(std::time::Instant::now() + Duration::from_millis(ms));
+            app.outage.send_modify(|generation| *generation += 1);
             st.cut.send_modify(|(generation, how)| {
                 *generation += 1;
                 *how = true;
@@ -1434,9 +1435,8 @@ enum ConnIo {
 }
 
 impl Conn {
-    fn new(io: ConnIo, outage: &watch::Sender<(u64, u64)>) -> Conn {
-        let mut rx = outage.subscribe();
-        rx.mark_unchanged();
+    /// `rx` subscribed when the connection was accepted (before any TLS handshake).
+    fn new(io: ConnIo, mut rx: watch::Receiver<u64>) -> Conn {
         Conn {
             io,
             cut: Some(Box::pin(async move {
@@ -1522,8 +1522,8 @@ impl tokio::io::AsyncWrite for Conn {
 }
 
 /// The API's TCP listener for axum: accepts (and, with TLS, finishes each handshake in a task of
-/// its own, so one stalled or failed client never holds up the others), and on an outage closes
-/// the listening socket, waits it out and listens again on the same address.
+/// its own, so one stalled or failed client never holds up the others); during an outage, resets
+/// every connection as it is accepted.
 struct ApiListener {
     ready: mpsc::Receiver<(Conn, SocketAddr)>,
     local: SocketAddr,
@@ -1539,37 +1539,26 @@ impl ApiListener {
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(async move {
-            let mut outages = app.outage.subscribe();
-            let mut tcp = Some(tcp);
             loop {
-                let Some(listener) = &tcp else {
-                    match tokio::net::TcpListener::bind(local).await {
-                        Ok(l) => tcp = Some(l),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                    continue;
-                };
-                let accepted = tokio::select! {
-                    a = listener.accept() => a,
-                    _ = outages.changed() => {
-                        let ms = outages.borrow_and_update().1;
-                        tcp = None;
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        continue;
-                    }
-                };
-                let Ok((stream, peer)) = accepted else {
+                let Ok((stream, peer)) = tcp.accept().await else {
                     // Out of descriptors or the like: wait rather than spin.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                let down = app
+                    .down_until
+                    .lock()
+                    .unwrap()
+                    .is_some_and(|t| std::time::Instant::now() < t);
+                if down {
+                    reset_now(stream);
+                    continue;
+                }
+                let rx = app.outage.subscribe();
                 let tx = tx.clone();
-                let app = app.clone();
                 match &acceptor {
                     None => {
-                        let _ = tx
-                            .send((Conn::new(ConnIo::Plain(stream), &app.outage), peer))
-                            .await;
+                        let _ = tx.send((Conn::new(ConnIo::Plain(stream), rx), peer)).await;
                     }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
@@ -1578,7 +1567,7 @@ impl ApiListener {
                             if let Ok(Ok(tls)) =
                                 tokio::time::timeout(Duration::from_secs(10), handshake).await
                             {
-                                let conn = Conn::new(ConnIo::Tls(Box::new(tls)), &app.outage);
+                                let conn = Conn::new(ConnIo::Tls(Box::new(tls)), rx);
                                 let _ = tx.send((conn, peer)).await;
                             }
                         });
@@ -1588,6 +1577,26 @@ impl ApiListener {
         });
         ApiListener { ready, local }
     }
+}
+
+/// Close with a RST (SO_LINGER 0), as the peer of a process that died sees it.
+fn reset_now(stream: tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
 }
 
 impl axum::serve::Listener for ApiListener {
@@ -1657,7 +1666,8 @@ fn main() {
             }),
             live_watches: AtomicUsize::new(0),
             bookmark_every: Duration::from_millis(bookmark_interval_ms.max(1)),
-            outage: watch::Sender::new((0, 0)),
+            outage: watch::Sender::new(0),
+            down_until: Mutex::new(None),
         });
         let router = |control| {
             axum::Router::new().fallback(handle).with_state(Ctx {
