@@ -115,6 +115,9 @@ pub struct AttachmentRecord {
     /// The selection annotation element it comes from (hot-plug's identity of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<SelectionRef>,
+    /// The DRA claim its device came from, and what plexus wrote to the claim's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<crate::k8s::dra::ClaimDevice>,
 }
 
 /// Which record: the plexus network, the container and the runtime's ifname.
@@ -530,6 +533,7 @@ mod tests {
                 status_name: String::new(),
                 device: None,
                 selection: None,
+                claim: None,
             }],
             del_attempts: 0,
             links_before: None,

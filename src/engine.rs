@@ -38,7 +38,13 @@ pub struct Engine {
     pub observer: Option<crate::chain::ExecObserver>,
     /// Delegates run chrooted here (the daemon's `chrootDir`).
     pub chroot: Option<PathBuf>,
+    /// A cluster on demand, for a DEL that must take plexus's network data out of DRA claims
+    /// when the front door built none (the plugin builds its API client only for ADD).
+    pub connect: Option<Connect>,
 }
+
+/// Builds a cluster when one is needed after all; `None` when there is none to reach.
+pub type Connect = Arc<dyn Fn() -> Option<Arc<dyn Cluster>> + Send + Sync>;
 
 /// One call: the request, its config, and its cancellation.
 pub struct Call<'a> {
@@ -58,6 +64,7 @@ impl Engine {
             netns,
             observer: None,
             chroot: None,
+            connect: None,
         }
     }
 
@@ -249,6 +256,12 @@ impl Engine {
             let results = self.apply_default_routes(req, &attachments, &mut record, results)?;
             // Every delegate went through: from here on their DELs are trusted to undo them.
             record.links_before = None;
+            if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
+                if attachments.iter().any(|a| a.claim.is_some()) {
+                    chain.check_live()?;
+                    publish_claims(c, pod, &attachments, &results, &mut record)?;
+                }
+            }
             cache.store(&record)?;
             let done = summarize(conf, &attachments, &record, results)?;
             if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
@@ -261,6 +274,9 @@ impl Engine {
             Ok(done) => Ok(done),
             Err(e) => {
                 let e = e.context(format!("ADD for {who}"));
+                if let Some(c) = self.cluster.as_deref() {
+                    withdraw_claims(c, &mut record.attachments, &who);
+                }
                 Err(undo(
                     self.netns.as_ref(),
                     &chain,
@@ -434,14 +450,18 @@ impl Engine {
                 if chain.cni_args.is_empty() {
                     chain.cni_args = record.cni_args.clone();
                 }
-                del_record(
+                let mut gone = vec![];
+                let r = del_record(
                     self.netns.as_ref(),
                     &chain,
                     &cache,
                     lock,
                     record,
                     &req.who(),
-                )
+                    &mut gone,
+                );
+                self.withdraw_gone(&mut gone, &req.who());
+                r
             }
             Loaded::Unreadable(why) => {
                 tracing::warn!("DEL for {}: cache unreadable ({why}); deleting the configured networks without prevResult", req.who());
@@ -460,6 +480,20 @@ impl Engine {
                 lock.remove();
                 Ok(())
             }
+        }
+    }
+
+    /// Take plexus's network data out of the DRA claims of attachments that are gone, through
+    /// the cluster the call has or one built for it.
+    fn withdraw_gone(&self, gone: &mut [AttachmentRecord], who: &str) {
+        if !gone.iter().any(published) {
+            return;
+        }
+        match self.cluster.clone().or_else(|| self.connect.as_ref()?()) {
+            Some(c) => withdraw_claims(c.as_ref(), gone, who),
+            None => tracing::warn!(
+                "{who}: no API server to take plexus's network data out of the DRA claims"
+            ),
         }
     }
 
@@ -617,9 +651,19 @@ impl Engine {
                 who: who.clone(),
                 ..self.chain(call, None)
             };
-            if let Err(e) = del_record(self.netns.as_ref(), &chain, &cache, lock, record, &who) {
+            let mut gone = vec![];
+            if let Err(e) = del_record(
+                self.netns.as_ref(),
+                &chain,
+                &cache,
+                lock,
+                record,
+                &who,
+                &mut gone,
+            ) {
                 errors.push(e);
             }
+            self.withdraw_gone(&mut gone, &who);
         }
 
         // Forward GC, each network with the attachments of its own that are still valid.
@@ -704,6 +748,7 @@ pub(crate) fn pending(a: &Attachment) -> AttachmentRecord {
         status_name: a.status_name.clone(),
         device: a.device.clone(),
         selection: a.selection.clone(),
+        claim: a.claim.clone(),
     }
 }
 
@@ -780,6 +825,66 @@ pub fn network_status(conf: &NetConf, record: &SandboxRecord) -> String {
         })
         .collect();
     serde_json::to_string(&crate::k8s::status::build(&inputs)).expect("status serializes")
+}
+
+/// Write each claim-backed attachment's network data into its ResourceClaim's status
+/// (KEP-4817), and note in the record what was written. On a failure, what was written is taken
+/// out again.
+fn publish_claims(
+    c: &dyn Cluster,
+    pod: &Pod,
+    attachments: &[Attachment],
+    results: &[CniResult],
+    record: &mut SandboxRecord,
+) -> Result<(), CniError> {
+    let pod_who = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    );
+    for (i, (a, r)) in attachments.iter().zip(results).enumerate() {
+        let Some(dev) = &a.claim else { continue };
+        let data = crate::k8s::dra::NetworkData::from_result(&a.ifname, r);
+        let message = format!(
+            "plexus attached {} of pod {pod_who} for network {}",
+            a.ifname, a.status_name
+        );
+        match c.publish_claim_device(dev, &data, &message) {
+            Ok(entry) => {
+                if let Some(d) = record.attachments[i].claim.as_mut() {
+                    d.status_entry = entry;
+                }
+            }
+            Err(e) => {
+                withdraw_claims(c, &mut record.attachments, &pod_who);
+                return Err(e.context(format!("network {}", a.status_name)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn published(a: &AttachmentRecord) -> bool {
+    a.claim
+        .as_ref()
+        .is_some_and(|d| d.status_entry != crate::k8s::dra::StatusEntry::None)
+}
+
+/// Take plexus's network data out of the claims of these attachments; best effort, logged.
+fn withdraw_claims(c: &dyn Reporter, attachments: &mut [AttachmentRecord], who: &str) {
+    for a in attachments.iter_mut() {
+        let Some(dev) = a
+            .claim
+            .as_mut()
+            .filter(|d| d.status_entry != crate::k8s::dra::StatusEntry::None)
+        else {
+            continue;
+        };
+        match c.withdraw_claim_device(dev) {
+            Ok(()) => dev.status_entry = crate::k8s::dra::StatusEntry::None,
+            Err(e) => tracing::warn!("{who}: {dev}: taking plexus's network data out: {e}"),
+        }
+    }
 }
 
 /// Undo an ADD that failed after attachments were made, in the one place that does it: DEL them
@@ -874,6 +979,7 @@ fn sweep_scope(record: &SandboxRecord) -> crate::netns::SweepScope {
 
 /// DEL a record's attachments; remove the record when all are gone, else keep the failed ones
 /// for the next DEL, giving up after [`MAX_DEL_ATTEMPTS`] so the pod is never stranded.
+/// `gone` gets the attachments that are gone from the record (DELeted, or given up on).
 fn del_record(
     ops: &dyn NetnsOps,
     chain: &Chain,
@@ -881,8 +987,16 @@ fn del_record(
     lock: Lock,
     mut record: SandboxRecord,
     who: &str,
+    gone: &mut Vec<AttachmentRecord>,
 ) -> Result<(), CniError> {
     let failed = chain.del_attachments(&record);
+    gone.extend(
+        record
+            .attachments
+            .iter()
+            .filter(|a| !failed.iter().any(|(f, _)| f == *a))
+            .cloned(),
+    );
     if failed.is_empty() {
         sweep_strays(ops, chain, &record);
         cache.remove(&record.key())?;
@@ -892,6 +1006,7 @@ fn del_record(
     record.del_attempts += 1;
     let errors: Vec<CniError> = failed.iter().map(|(_, e)| e.clone()).collect();
     if record.del_attempts >= MAX_DEL_ATTEMPTS {
+        gone.extend(failed.iter().map(|(a, _)| a.clone()));
         tracing::error!(
             "DEL for {who}: giving up after {} attempts; these may be left behind: {}",
             record.del_attempts,

@@ -1080,6 +1080,7 @@ mod tests {
             status_name: status.into(),
             device: None,
             selection: None,
+            claim: None,
         }
     }
 

@@ -5,8 +5,9 @@
 use crate::cni::error::{invalid_config, CniError, Code};
 use crate::cni::request::validate_ifname;
 use crate::config::{resolve_reference, NetConf, Network, NetworkFiles};
-use crate::k8s::annotations::{parse_networks, parse_short, NetworkSelection};
+use crate::k8s::annotations::{parse_networks, parse_short, NetworkSelection, DEVICE_REQUEST_KEY};
 use crate::k8s::devices::Allocator;
+use crate::k8s::dra::ClaimDevice;
 use crate::k8s::RESOURCE_NAME_ANNOTATION;
 use crate::k8s::{
     annotation, ClusterView, NetworkAttachmentDefinition, DEFAULT_NETWORK_ANNOTATION,
@@ -63,6 +64,10 @@ pub struct PodNetwork {
     pub device_id: Option<String>,
     /// The annotation element it comes from (none for the cluster network and defaultNetworks).
     pub selection: Option<SelectionRef>,
+    /// The selection's `plexus.io/deviceRequest`: (claim, request).
+    pub device_request: Option<(String, String)>,
+    /// The DRA claim the device came from.
+    pub claim: Option<ClaimDevice>,
 }
 
 impl PodNetwork {
@@ -77,6 +82,8 @@ impl PodNetwork {
             resource: None,
             device_id: None,
             selection: None,
+            device_request: None,
+            claim: None,
         }
     }
 
@@ -98,6 +105,7 @@ impl PodNetwork {
             };
             n.default_route = sel.default_route.clone();
             n.device_id = sel.device_id.clone();
+            n.device_request = sel.device_request.clone();
         }
         n
     }
@@ -129,6 +137,8 @@ pub struct Attachment {
     pub device_info_file: Option<String>,
     /// The annotation element it comes from.
     pub selection: Option<SelectionRef>,
+    /// The DRA claim its device came from.
+    pub claim: Option<ClaimDevice>,
 }
 
 /// Where the planner reads from besides the config.
@@ -256,13 +266,28 @@ fn assign_devices(
                     n.status_name
                 )));
             }
+            if let Some((claim, request)) = &n.device_request {
+                return Err(invalid_config(format!(
+                    "network {}: {DEVICE_REQUEST_KEY} \"{claim}/{request}\" was asked for, but the NAD names no {RESOURCE_NAME_ANNOTATION} to match the device against",
+                    n.status_name
+                )));
+            }
             continue;
         };
         let alloc = match &mut allocator {
             Some(a) => a,
-            None => allocator.insert(Allocator::new(view.pod_devices(pod, kubelet)?)),
+            None => allocator.insert(Allocator::with_claims(
+                view.pod_devices(pod, kubelet)?,
+                view.claim_devices(pod)?,
+            )),
         };
-        let id = alloc.take(&resource, n.device_id.as_deref(), &n.status_name)?;
+        let (id, claim) = match &n.device_request {
+            Some((claim, request)) => {
+                alloc.take_request(&resource, claim, request, &n.status_name)?
+            }
+            None => alloc.take(&resource, n.device_id.as_deref(), &n.status_name)?,
+        };
+        n.claim = claim;
         let mut value: Value =
             serde_json::from_str(&n.network.bytes).map_err(|e| invalid_config(e.to_string()))?;
         let with_id = |p: &mut Value| {
@@ -437,6 +462,7 @@ pub fn plan(
         status_name: cluster.status_name,
         default_route: vec![],
         selection: None,
+        claim: cluster.claim,
     });
     for (i, n) in extras.into_iter().enumerate() {
         let position = i + 1;
@@ -463,6 +489,7 @@ pub fn plan(
             device: n.resource.clone().zip(n.device_id.clone()),
             device_info_file: None,
             selection: n.selection,
+            claim: n.claim,
         });
     }
     for v6 in [false, true] {
@@ -555,6 +582,7 @@ pub fn plan_hotplug(taken: &[String], adds: Vec<PodNetwork>) -> Result<Vec<Attac
             device: n.resource.clone().zip(n.device_id.clone()),
             device_info_file: None,
             selection: n.selection,
+            claim: n.claim,
         });
     }
     Ok(out)

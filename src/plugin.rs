@@ -129,10 +129,25 @@ fn in_process(
     creds: Option<Credentials>,
 ) -> Result<String, CniError> {
     let cluster = match cmd {
-        Command::Add => ApiView::connect(conf, creds)?.map(|a| Arc::new(a) as Arc<dyn Cluster>),
+        Command::Add => {
+            ApiView::connect(conf, creds.clone())?.map(|a| Arc::new(a) as Arc<dyn Cluster>)
+        }
         _ => None,
     };
-    let engine = Engine::new(cluster, Arc::new(Kernel));
+    let mut engine = Engine::new(cluster, Arc::new(Kernel));
+    if matches!(cmd, Command::Del | Command::Gc) {
+        // Only when a DEL finds network data of its own in a DRA claim to take out.
+        let conf = conf.clone();
+        engine.connect = Some(Arc::new(move || {
+            match ApiView::connect(&conf, creds.clone()) {
+                Ok(v) => v.map(|a| Arc::new(a) as Arc<dyn Cluster>),
+                Err(e) => {
+                    tracing::warn!("API client: {e}");
+                    None
+                }
+            }
+        }));
+    }
     let out = engine.run(&Call {
         req,
         conf,

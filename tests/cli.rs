@@ -87,6 +87,7 @@ fn attachment(
         status_name: status_name.into(),
         device: None,
         selection: None,
+        claim: None,
     }
 }
 

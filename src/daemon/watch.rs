@@ -6,11 +6,13 @@
 
 use super::metrics::Metrics;
 use crate::cni::error::CniError;
-use crate::k8s::client::ApiView;
+use crate::k8s::client::{dra_api, ApiDra, ApiView};
 use crate::k8s::devices::PodDevices;
+use crate::k8s::dra::{self, DraDevice, DraSource};
 use crate::k8s::{ClusterView, NetworkAttachmentDefinition, Reporter};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -31,6 +33,70 @@ pub struct WatchView {
     nads_synced: Arc<AtomicBool>,
     pod_wait: Duration,
     metrics: Arc<Metrics>,
+    /// ResourceClaims and this node's ResourceSlices, once discovery said which version.
+    dra: Arc<std::sync::OnceLock<DraCache>>,
+}
+
+/// The DRA part of the watch cache: every ResourceClaim (status only) and the ResourceSlices of
+/// this node, in the resource.k8s.io version the API server offers.
+pub struct DraCache {
+    pub version: &'static str,
+    claims: Store<DynamicObject>,
+    claim_type: kube::api::ApiResource,
+    slices: Store<DynamicObject>,
+    slices_synced: Arc<AtomicBool>,
+}
+
+/// What the daemon keeps of a claim: its status and identity (the planner reads nothing else).
+fn trim_claim(o: &mut DynamicObject) {
+    o.metadata.managed_fields = None;
+    if let Some(m) = o.data.as_object_mut() {
+        m.remove("spec");
+    }
+}
+
+fn json(o: &DynamicObject) -> serde_json::Value {
+    serde_json::to_value(o).unwrap_or_default()
+}
+
+/// Claims and slices from the cache; a claim not there yet (or not allocated in the cached
+/// copy) and a driver with no slice cached are asked of the API once.
+struct CachedDra<'a> {
+    cache: &'a DraCache,
+    api: ApiDra<'a>,
+}
+
+impl DraSource for CachedDra<'_> {
+    fn claim(&self, ns: &str, name: &str) -> Result<Option<serde_json::Value>, CniError> {
+        let key = ObjectRef::new_with(name, self.cache.claim_type.clone()).within(ns);
+        if let Some(c) = self.cache.claims.get(&key).map(|o| json(&o)) {
+            if c["status"]["allocation"]["devices"]["results"].is_array() {
+                return Ok(Some(c));
+            }
+        }
+        tracing::debug!("ResourceClaim {ns}/{name} not allocated in the watch cache: one GET");
+        self.api.claim(ns, name)
+    }
+
+    fn slices(&self, node: Option<&str>, driver: &str) -> Result<Vec<serde_json::Value>, CniError> {
+        if self.cache.slices_synced.load(Ordering::SeqCst) {
+            let found: Vec<serde_json::Value> = self
+                .cache
+                .slices
+                .state()
+                .iter()
+                .map(|o| json(o))
+                .filter(|v| {
+                    v["spec"]["driver"] == driver && node.is_none_or(|n| v["spec"]["nodeName"] == n)
+                })
+                .collect();
+            if !found.is_empty() {
+                return Ok(found);
+            }
+        }
+        tracing::debug!("no ResourceSlice of {driver} in the watch cache: one LIST");
+        self.api.slices(node, driver)
+    }
 }
 
 /// What the daemon keeps of a pod: no managed fields, volumes or container commands and
@@ -80,7 +146,14 @@ impl WatchView {
             nads_synced: Arc::new(AtomicBool::new(false)),
             pod_wait,
             metrics: metrics.clone(),
+            dra: Arc::new(std::sync::OnceLock::new()),
         });
+        tokio::spawn(watch_dra(
+            client.clone(),
+            node.to_string(),
+            view.dra.clone(),
+            metrics.clone(),
+        ));
         let pod_stream = watcher(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default().fields(&format!("spec.nodeName={node}")),
@@ -208,6 +281,103 @@ impl ClusterView for WatchView {
     ) -> Result<PodDevices, CniError> {
         self.api.kubelet_devices(pod, kubelet)
     }
+
+    fn claim_devices(&self, pod: &Pod) -> Result<Vec<DraDevice>, CniError> {
+        if dra::pod_claims(pod).is_empty() {
+            return Ok(vec![]);
+        }
+        let Some(cache) = self.dra.get() else {
+            return self.api.claim_devices(pod);
+        };
+        dra::claim_devices(
+            pod,
+            &CachedDra {
+                cache,
+                api: ApiDra {
+                    view: &self.api,
+                    version: cache.version,
+                },
+            },
+        )
+    }
+}
+
+/// Find out which resource.k8s.io version the API server offers (asking again while it cannot
+/// say), then watch claims and this node's slices in it. A server without the group gets no
+/// watch: DRA lookups then go to the API, and fail there as they should.
+async fn watch_dra(
+    client: kube::Client,
+    node: String,
+    cell: Arc<std::sync::OnceLock<DraCache>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut delay = Duration::from_secs(1);
+    let version = loop {
+        match dra_api::discover(&client).await {
+            Ok(Some(v)) => break v,
+            Ok(None) => {
+                tracing::info!(
+                    "the API server serves no resource.k8s.io version plexus reads: no DRA watch"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("{e}; asking again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let claim_type = dra_api::resource(version, "ResourceClaim", "resourceclaims");
+    let slice_type = dra_api::resource(version, "ResourceSlice", "resourceslices");
+    let claims_writer = reflector::store::Writer::new(claim_type.clone());
+    let slices_writer = reflector::store::Writer::new(slice_type.clone());
+    let cache = DraCache {
+        version,
+        claims: claims_writer.as_reader(),
+        claim_type: claim_type.clone(),
+        slices: slices_writer.as_reader(),
+        slices_synced: Arc::new(AtomicBool::new(false)),
+    };
+    let slices_synced = cache.slices_synced.clone();
+    let (claims, slices) = (cache.claims.clone(), cache.slices.clone());
+    let _ = cell.set(cache);
+    tracing::info!(
+        "watching resource.k8s.io/{version} ResourceClaims and this node's ResourceSlices"
+    );
+    let claim_stream = watcher(
+        Api::<DynamicObject>::all_with(client.clone(), &claim_type),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(trim_claim)
+    .reflect(claims_writer);
+    let m = metrics.clone();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(claim_stream);
+        while let Some(ev) = s.next().await {
+            if let Err(e) = ev {
+                tracing::warn!("ResourceClaim watch: {e}");
+            }
+            m.set_cache_size("resourceclaims", claims.len());
+        }
+    });
+    let slice_stream = watcher(
+        Api::<DynamicObject>::all_with(client, &slice_type),
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+    )
+    .default_backoff()
+    .modify(|o| o.metadata.managed_fields = None)
+    .reflect(slices_writer);
+    let mut s = std::pin::pin!(slice_stream);
+    while let Some(ev) = s.next().await {
+        match ev {
+            Ok(watcher::Event::InitDone) => slices_synced.store(true, Ordering::SeqCst),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("ResourceSlice watch: {e}"),
+        }
+        metrics.set_cache_size("resourceslices", slices.len());
+    }
 }
 
 impl WatchView {
@@ -223,6 +393,19 @@ impl Reporter for WatchView {
 
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {
         self.api.event(pod, warning, reason, message)
+    }
+
+    fn publish_claim_device(
+        &self,
+        dev: &dra::ClaimDevice,
+        data: &dra::NetworkData,
+        message: &str,
+    ) -> Result<dra::StatusEntry, CniError> {
+        self.api.publish_claim_device(dev, data, message)
+    }
+
+    fn withdraw_claim_device(&self, dev: &dra::ClaimDevice) -> Result<(), CniError> {
+        self.api.withdraw_claim_device(dev)
     }
 }
 

@@ -890,3 +890,113 @@ mod hotplug {
         }
     }
 }
+
+fn claim_view() -> MemoryView {
+    use crate::k8s::dra::{ClaimDevice, DraDevice};
+    let mut view = MemoryView::default()
+        .with_pod("ns1", "p", &[("k8s.v1.cni.cncf.io/networks", "vf")])
+        .with_device_nad(
+            "ns1",
+            "vf",
+            &Node::net("vf", json!({})).to_string(),
+            "example.com/vf",
+        );
+    view.claims = vec![DraDevice {
+        at: ClaimDevice {
+            namespace: "ns1".into(),
+            claim: "p-net-x".into(),
+            pod_claim: "net".into(),
+            request: "vf".into(),
+            driver: "d".into(),
+            pool: "n1".into(),
+            device: "vf-1".into(),
+            status_entry: Default::default(),
+        },
+        resource_name: Some("example.com/vf".into()),
+        device_id: Some("0000:5e:00.1".into()),
+        shared_with: vec![],
+    }];
+    view
+}
+
+#[test]
+fn a_claim_device_gets_its_network_data_written_to_the_claim_and_taken_out_on_del() {
+    use crate::k8s::dra::StatusEntry;
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![Node::net("a", json!({}))],
+        json!({"kubeconfig": "/dev/null"}),
+    );
+    let view = claim_view();
+    let reports = view.reports.clone();
+    let e = engine(Some(view));
+    let args = "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p";
+    add(&e, &req("ADD", "c1", args), &c).unwrap();
+    let recs = n.records();
+    let a = &recs[0].attachments[1];
+    assert_eq!(
+        a.device,
+        Some(("example.com/vf".into(), "0000:5e:00.1".into()))
+    );
+    let claim = a
+        .claim
+        .as_ref()
+        .expect("the claim it came from is recorded");
+    assert_eq!(claim.status_entry, StatusEntry::Created);
+    {
+        let r = reports.lock().unwrap();
+        assert!(
+            r.iter()
+                .any(|l| l.starts_with("claim ns1/p-net-x vf-1 net1")),
+            "{r:?}"
+        );
+        // The claim is written before network-status, which says the ADD is done.
+        let claim_at = r.iter().position(|l| l.starts_with("claim ")).unwrap();
+        let status_at = r.iter().position(|l| l.starts_with("status ")).unwrap();
+        assert!(claim_at < status_at, "{r:?}");
+    }
+    e.del(&req("DEL", "c1", args), Some(&c)).unwrap();
+    assert!(n.records().is_empty());
+    assert!(reports
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l == "unclaim ns1/p-net-x vf-1"));
+}
+
+#[test]
+fn a_failed_claim_write_rolls_back_and_del_has_nothing_to_take_out() {
+    let n = Node::new();
+    let c = n.conf(
+        "plexus",
+        "1.0.0",
+        vec![Node::net("a", json!({}))],
+        json!({"kubeconfig": "/dev/null"}),
+    );
+    let view = MemoryView {
+        fail_status: true,
+        ..claim_view()
+    };
+    let reports = view.reports.clone();
+    let e = engine(Some(view));
+    let args = "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p";
+    let err = add(&e, &req("ADD", "c1", args), &c).unwrap_err();
+    assert!(
+        err.msg.contains("p-net-x") && err.msg.contains("ns1/vf"),
+        "{}",
+        err.msg
+    );
+    assert_eq!(
+        n.log(),
+        ["ADD a eth0", "ADD vf net1", "DEL vf net1", "DEL a eth0"]
+    );
+    assert!(n.records().is_empty());
+    let r = reports.lock().unwrap();
+    assert!(
+        !r.iter()
+            .any(|l| l.starts_with("claim ") || l.starts_with("status ")),
+        "{r:?}"
+    );
+}

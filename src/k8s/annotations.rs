@@ -30,7 +30,15 @@ pub struct NetworkSelection {
     pub ipam_claim_reference: Option<String>,
     /// Multus's non-standard `deviceID`; only honoured if the kubelet allocated that device.
     pub device_id: Option<String>,
+    /// plexus's `plexus.io/deviceRequest: "<claim>/<request>"`: the device comes from that
+    /// request of that DRA claim of the pod (the pod's name for the claim, or the
+    /// ResourceClaim's), not from the order of the networks.
+    pub device_request: Option<(String, String)>,
 }
+
+/// The selection key naming a DRA claim's request (a plexus extension: NPWG §4.1.2.1 wants
+/// non-standard keys namespaced).
+pub const DEVICE_REQUEST_KEY: &str = "plexus.io/deviceRequest";
 
 impl NetworkSelection {
     /// What the element asks besides which NAD and which interface, canonical (keys sorted,
@@ -64,6 +72,12 @@ impl NetworkSelection {
         }
         if let Some(v) = &self.device_id {
             m.insert("deviceID".into(), Value::from(v.clone()));
+        }
+        if let Some((claim, request)) = &self.device_request {
+            m.insert(
+                DEVICE_REQUEST_KEY.into(),
+                Value::from(format!("{claim}/{request}")),
+            );
         }
         // serde_json keeps insertion order here (preserve_order): sort for a canonical form.
         let mut keys: Vec<(String, Value)> = m.into_iter().collect();
@@ -222,6 +236,8 @@ struct RawElement {
     ipam_claim_reference: Option<String>,
     #[serde(rename = "deviceID")]
     device_id: Option<String>,
+    #[serde(rename = "plexus.io/deviceRequest")]
+    device_request: Option<String>,
 }
 
 fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -257,9 +273,38 @@ fn parse_element(v: &Value) -> Result<NetworkSelection, CniError> {
         cni_args: raw.cni_args,
         ipam_claim_reference: given(raw.ipam_claim_reference),
         device_id: given(raw.device_id),
+        device_request: match given(raw.device_request) {
+            None => None,
+            Some(r) => Some(parse_device_request(&r).map_err(e)?),
+        },
     };
     validate(&sel).map_err(e)?;
     Ok(sel)
+}
+
+/// `<claim>/<request>`: a claim name (an object name) and a request name (a DNS label, or
+/// `<request>/<subrequest>` as allocation results name a subrequest).
+fn parse_device_request(r: &str) -> Result<(String, String), String> {
+    let bad = || {
+        format!(
+            "\"{DEVICE_REQUEST_KEY}\": \"{}\" is not <claim>/<request>",
+            r.escape_debug()
+        )
+    };
+    let (claim, request) = r.split_once('/').ok_or_else(bad)?;
+    let label = |x: &str| {
+        !x.is_empty()
+            && x.len() <= 63
+            && x.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !x.starts_with('-')
+            && !x.ends_with('-')
+    };
+    if !is_dns_subdomain(claim) || !request.split('/').all(label) || request.split('/').count() > 2
+    {
+        return Err(bad());
+    }
+    Ok((claim.to_string(), request.to_string()))
 }
 
 fn validate(s: &NetworkSelection) -> Result<(), String> {
@@ -488,6 +533,10 @@ mod tests {
             json!([{"name": "a", "cni-args": [1]}]),
             json!([{"name": "a", "ips": ["10.0.0.1"], "ipam-claim-reference": "claim"}]),
             json!([{"name": "a", "infiniband-guid": "02:23:45:67:89:01"}]),
+            json!([{"name": "a", "plexus.io/deviceRequest": "claim"}]),
+            json!([{"name": "a", "plexus.io/deviceRequest": "/req"}]),
+            json!([{"name": "a", "plexus.io/deviceRequest": "claim/Req"}]),
+            json!([{"name": "a", "plexus.io/deviceRequest": "claim/a/b/c"}]),
             json!([1]),
         ] {
             let e = parse_networks(&bad.to_string()).unwrap_err();
@@ -501,6 +550,20 @@ mod tests {
         let e = parse_networks(r#"[{"name":"a","default-route":["nope"]}]"#).unwrap_err();
         assert!(e.msg.contains("\"default-route[0]\""), "{}", e.msg);
         assert!(parse_networks("[{").is_err());
+    }
+
+    #[test]
+    fn a_device_request_names_a_claim_and_its_request() {
+        let s = parse_networks(
+            r#"[{"name":"vf","plexus.io/deviceRequest":"net/vf"},{"name":"vf","plexus.io/deviceRequest":"pod-net-x1/vfs/fast"}]"#,
+        )
+        .unwrap();
+        assert_eq!(s[0].device_request, Some(("net".into(), "vf".into())));
+        assert_eq!(
+            s[1].device_request,
+            Some(("pod-net-x1".into(), "vfs/fast".into()))
+        );
+        assert_eq!(s[0].params()["plexus.io/deviceRequest"], "net/vf");
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub async fn client_config(
 pub struct ApiView {
     rt: Blocking,
     client: kube::Client,
+    /// The resource.k8s.io version the API server offers, once asked.
+    dra_version: std::sync::OnceLock<Option<&'static str>>,
 }
 
 /// Map a kube error to a CNI error: transient failures are "try again later" (11).
@@ -163,7 +165,11 @@ impl ApiView {
 
     /// A view over an existing client (the daemon's; tests use a mock service).
     pub fn new(rt: Blocking, client: kube::Client) -> ApiView {
-        ApiView { rt, client }
+        ApiView {
+            rt,
+            client,
+            dra_version: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn client(&self) -> &kube::Client {
@@ -196,6 +202,39 @@ impl ApiView {
 }
 
 impl ApiView {
+    /// The resource.k8s.io version to read and write claims in: asked once, then remembered.
+    pub fn resource_version(&self) -> Result<Option<&'static str>, CniError> {
+        if let Some(v) = self.dra_version.get() {
+            return Ok(*v);
+        }
+        let v = self.rt.block_on(dra_api::discover(&self.client))??;
+        Ok(*self.dra_version.get_or_init(|| v))
+    }
+
+    fn dra_version_or_err(&self, what: &str) -> Result<&'static str, CniError> {
+        self.resource_version()?.ok_or_else(|| {
+            CniError::new(
+                Code::INVALID_CONFIG,
+                format!(
+                    "{what}: the API server serves none of the resource.k8s.io versions plexus reads ({})",
+                    super::dra::VERSIONS.join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Read a claim's status-bearing JSON, change it with `edit`, and write it back through the
+    /// status subresource (on the daemon's or the plugin's runtime).
+    pub fn edit_claim(
+        &self,
+        dev: &super::dra::ClaimDevice,
+        edit: &(dyn Fn(&mut serde_json::Value) -> bool + Sync),
+    ) -> Result<bool, CniError> {
+        let version = self.dra_version_or_err(&dev.to_string())?;
+        self.rt
+            .block_on(dra_api::edit_status(&self.client, version, dev, edit))?
+    }
+
     /// One GET of the pod, no retry (the daemon's fallback when its watch has not seen it).
     pub fn get_pod(&self, namespace: &str, name: &str) -> Result<Option<Pod>, CniError> {
         self.rt
@@ -249,6 +288,175 @@ impl ClusterView for ApiView {
     ) -> Result<super::devices::PodDevices, CniError> {
         self.kubelet_devices(pod, kubelet)
     }
+
+    fn claim_devices(&self, pod: &Pod) -> Result<Vec<super::dra::DraDevice>, CniError> {
+        if super::dra::pod_claims(pod).is_empty() {
+            return Ok(vec![]);
+        }
+        let who = format!(
+            "pod {}/{}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or("")
+        );
+        let version = self.dra_version_or_err(&who)?;
+        super::dra::claim_devices(
+            pod,
+            &ApiDra {
+                view: self,
+                version,
+            },
+        )
+    }
+}
+
+/// Claims and slices read straight from the API.
+pub struct ApiDra<'a> {
+    pub view: &'a ApiView,
+    pub version: &'static str,
+}
+
+impl super::dra::DraSource for ApiDra<'_> {
+    fn claim(&self, namespace: &str, name: &str) -> Result<Option<serde_json::Value>, CniError> {
+        self.view.rt.block_on(dra_api::get_claim(
+            &self.view.client,
+            self.version,
+            namespace,
+            name,
+        ))?
+    }
+    fn slices(&self, node: Option<&str>, driver: &str) -> Result<Vec<serde_json::Value>, CniError> {
+        self.view.rt.block_on(dra_api::list_slices(
+            &self.view.client,
+            self.version,
+            node,
+            driver,
+        ))?
+    }
+}
+
+/// resource.k8s.io through kube's dynamic API, in whichever version the server offers.
+pub mod dra_api {
+    use super::api_error;
+    use crate::cni::error::{CniError, Code};
+    use crate::k8s::dra::{pick_version, ClaimDevice, GROUP};
+    use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+    use serde_json::Value;
+
+    /// How often a status write that lost a race (409) is tried again.
+    const CONFLICT_RETRIES: usize = 5;
+
+    pub fn resource(version: &str, kind: &str, plural: &str) -> ApiResource {
+        ApiResource {
+            group: GROUP.into(),
+            version: version.into(),
+            api_version: format!("{GROUP}/{version}"),
+            kind: kind.into(),
+            plural: plural.into(),
+        }
+    }
+
+    pub fn claims(client: &kube::Client, version: &str, ns: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            client.clone(),
+            ns,
+            &resource(version, "ResourceClaim", "resourceclaims"),
+        )
+    }
+
+    pub fn slices(client: &kube::Client, version: &str) -> Api<DynamicObject> {
+        Api::all_with(
+            client.clone(),
+            &resource(version, "ResourceSlice", "resourceslices"),
+        )
+    }
+
+    /// The resource.k8s.io version to use; `None` if the server has the group in no version
+    /// plexus reads (or not at all).
+    pub async fn discover(client: &kube::Client) -> Result<Option<&'static str>, CniError> {
+        let req = http::Request::get(format!("/apis/{GROUP}"))
+            .body(vec![])
+            .expect("a valid request");
+        match client.request::<Value>(req).await {
+            Ok(group) => Ok(pick_version(&group)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(e) => Err(api_error(&format!("discovering {GROUP}"), e)),
+        }
+    }
+
+    fn json(o: DynamicObject) -> Value {
+        serde_json::to_value(o).unwrap_or(Value::Null)
+    }
+
+    pub async fn get_claim(
+        client: &kube::Client,
+        version: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Value>, CniError> {
+        claims(client, version, ns)
+            .get_opt(name)
+            .await
+            .map(|o| o.map(json))
+            .map_err(|e| api_error(&format!("getting ResourceClaim {ns}/{name}"), e))
+    }
+
+    /// The slices of `driver` on `node`, by field selector (both fields are selectable).
+    pub async fn list_slices(
+        client: &kube::Client,
+        version: &str,
+        node: Option<&str>,
+        driver: &str,
+    ) -> Result<Vec<Value>, CniError> {
+        let mut fields = format!("spec.driver={driver}");
+        if let Some(n) = node {
+            fields = format!("spec.nodeName={n},{fields}");
+        }
+        slices(client, version)
+            .list(&ListParams::default().fields(&fields))
+            .await
+            .map(|l| l.items.into_iter().map(json).collect())
+            .map_err(|e| api_error(&format!("listing ResourceSlices ({fields})"), e))
+    }
+
+    /// GET the claim, `edit` it, PUT it to `status`; again on a conflict. `false` when the claim
+    /// is gone or `edit` changed nothing.
+    pub async fn edit_status(
+        client: &kube::Client,
+        version: &str,
+        dev: &ClaimDevice,
+        edit: &(dyn Fn(&mut Value) -> bool + Sync),
+    ) -> Result<bool, CniError> {
+        let api = claims(client, version, &dev.namespace);
+        let what = format!("writing the status of {dev}");
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(current) = api
+                .get_opt(&dev.claim)
+                .await
+                .map_err(|e| api_error(&what, e))?
+            else {
+                return Ok(false);
+            };
+            let mut v = json(current);
+            if !edit(&mut v) {
+                return Ok(false);
+            }
+            let body: DynamicObject = serde_json::from_value(v)
+                .map_err(|e| CniError::new(Code::DECODE, format!("{what}: {e}")))?;
+            match api
+                .replace_status(&dev.claim, &PostParams::default(), &body)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(false),
+                Err(e) => return Err(api_error(&what, e)),
+            }
+        }
+        Err(CniError::new(
+            Code::TRY_AGAIN_LATER,
+            format!("{what}: still conflicting after {CONFLICT_RETRIES} attempts"),
+        ))
+    }
 }
 
 impl Reporter for ApiView {
@@ -267,6 +475,32 @@ impl Reporter for ApiView {
             ))?
             .map(|_| ())
             .map_err(|e| api_error(&format!("writing network-status of pod {ns}/{name}"), e))
+    }
+
+    fn publish_claim_device(
+        &self,
+        dev: &super::dra::ClaimDevice,
+        data: &super::dra::NetworkData,
+        message: &str,
+    ) -> Result<super::dra::StatusEntry, CniError> {
+        let now = crate::cache::now_rfc3339();
+        let did = std::sync::Mutex::new(super::dra::StatusEntry::None);
+        let written = self.edit_claim(dev, &|claim| {
+            *did.lock().unwrap() = super::dra::put_network_data(claim, dev, data, message, &now);
+            true
+        })?;
+        if !written {
+            return Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!("writing the status of {dev}: the claim is gone"),
+            ));
+        }
+        Ok(did.into_inner().unwrap())
+    }
+
+    fn withdraw_claim_device(&self, dev: &super::dra::ClaimDevice) -> Result<(), CniError> {
+        self.edit_claim(dev, &|claim| super::dra::remove_network_data(claim, dev))
+            .map(|_| ())
     }
 
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {

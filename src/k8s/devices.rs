@@ -4,9 +4,12 @@
 //! A NAD annotated `k8s.v1.cni.cncf.io/resourceName: <resource>` takes the next ID of that resource
 //! that the kubelet allocated to this pod; several NADs on one resource take distinct IDs in order.
 
+use super::annotations::DEVICE_REQUEST_KEY;
+use super::dra::{ClaimDevice, DraDevice, DEVICE_ID_ATTRIBUTE, RESOURCE_NAME_ATTRIBUTE};
+use super::RESOURCE_NAME_ANNOTATION;
 use crate::cni::error::{CniError, Code};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub const DEFAULT_CHECKPOINT: &str = "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint";
@@ -264,50 +267,170 @@ pub async fn from_pod_resources(
     Ok(PodDevices(out))
 }
 
-/// Hands out a pod's device IDs to its networks, each at most once.
+/// Hands out a pod's device IDs to its networks, each at most once: the device plugins' (from
+/// the kubelet) and the DRA claims' (whose network devices join their resource's list after the
+/// kubelet's, in claim order).
 #[derive(Debug, Default)]
 pub struct Allocator {
     devices: PodDevices,
+    /// Where each DRA-allocated ID came from, by (resource, ID).
+    claimed: HashMap<(String, String), DraDevice>,
+    /// Claim devices that are not network devices (no resourceName/deviceID attributes).
+    others: Vec<DraDevice>,
     taken: Vec<String>,
 }
 
+/// One device handed out: its ID, and the claim it came from when DRA allocated it.
+pub type Taken = (String, Option<ClaimDevice>);
+
 impl Allocator {
     pub fn new(devices: PodDevices) -> Allocator {
+        Self::with_claims(devices, vec![])
+    }
+
+    pub fn with_claims(mut devices: PodDevices, dra: Vec<DraDevice>) -> Allocator {
+        let mut claimed = HashMap::new();
+        let mut others = vec![];
+        let mut seen = std::collections::HashMap::new();
+        for (r, ids) in &devices.0 {
+            seen.insert(r.clone(), ids.iter().cloned().collect());
+        }
+        for d in dra {
+            match (&d.resource_name, &d.device_id) {
+                (Some(r), Some(id)) => {
+                    push_new(&mut devices.0, &mut seen, r, [id.clone()]);
+                    claimed
+                        .entry((r.clone(), id.clone()))
+                        .or_insert_with(|| d.clone());
+                }
+                _ => others.push(d),
+            }
+        }
         Allocator {
             devices,
+            claimed,
+            others,
             taken: vec![],
         }
     }
 
-    /// The next free ID of `resource`; or `wanted` (a selection's `deviceID`) if the kubelet
-    /// allocated it to this pod under that resource and it is still free.
+    /// The claim a free ID came from; refused if that claim is shared with another pod.
+    fn claim_of(
+        &self,
+        resource: &str,
+        id: &str,
+        network: &str,
+    ) -> Result<Option<ClaimDevice>, CniError> {
+        let Some(d) = self.claimed.get(&(resource.to_string(), id.to_string())) else {
+            return Ok(None);
+        };
+        if !d.shared_with.is_empty() {
+            return Err(CniError::new(
+                Code::INVALID_CONFIG,
+                format!(
+                    "network {network}: {} is reserved for other pods too ({}); a network device cannot be in two pods",
+                    d.at,
+                    d.shared_with.join(", ")
+                ),
+            ));
+        }
+        Ok(Some(d.at.clone()))
+    }
+
+    /// The claim devices that are not network devices, for an error message.
+    fn passed_over(&self) -> String {
+        if self.others.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = self.others.iter().map(|d| d.at.to_string()).collect();
+        format!(
+            "; passed over for lack of the {RESOURCE_NAME_ATTRIBUTE} and {DEVICE_ID_ATTRIBUTE} attributes: {}",
+            list.join(", ")
+        )
+    }
+
+    /// The next free ID of `resource`; or `wanted` (a selection's `deviceID`) if it was
+    /// allocated to this pod under that resource and it is still free.
     pub fn take(
         &mut self,
         resource: &str,
         wanted: Option<&str>,
         network: &str,
-    ) -> Result<String, CniError> {
+    ) -> Result<Taken, CniError> {
         let ids = self.devices.0.get(resource).cloned().unwrap_or_default();
         let id = match wanted {
             Some(w) if ids.iter().any(|i| i == w) && !self.taken.iter().any(|t| t == w) => w.to_string(),
             Some(w) => {
                 return Err(CniError::new(
                     Code::INVALID_CONFIG,
-                    format!("network {network}: deviceID \"{w}\" is not a free device of {resource} that the kubelet allocated to this pod ({ids:?})"),
+                    format!("network {network}: deviceID \"{w}\" is not a free device of {resource} that the kubelet or a claim allocated to this pod ({ids:?})"),
                 ))
             }
             None => ids.iter().find(|i| !self.taken.contains(i)).cloned().ok_or_else(|| {
                 CniError::new(
                     Code::INVALID_CONFIG,
                     format!(
-                        "network {network}: no free {resource} device: the kubelet allocated {} to this pod ({ids:?}) and all are taken by earlier networks",
-                        ids.len()
+                        "network {network}: no free {resource} device: the kubelet and the pod's claims allocated {} to this pod ({ids:?}) and all are taken by earlier networks{}",
+                        ids.len(),
+                        self.passed_over()
                     ),
                 )
             })?,
         };
+        let claim = self.claim_of(resource, &id, network)?;
         self.taken.push(id.clone());
-        Ok(id)
+        Ok((id, claim))
+    }
+
+    /// The device that request `request` of the pod's claim `claim` (the pod's name for it, or
+    /// the ResourceClaim's) allocated: it must be a free network device of `resource`.
+    pub fn take_request(
+        &mut self,
+        resource: &str,
+        claim: &str,
+        request: &str,
+        network: &str,
+    ) -> Result<Taken, CniError> {
+        let is = |d: &DraDevice| {
+            (d.at.pod_claim == claim || d.at.claim == claim) && d.at.request == request
+        };
+        let err = |msg: String| {
+            CniError::new(
+                Code::INVALID_CONFIG,
+                format!("network {network}: {DEVICE_REQUEST_KEY} \"{claim}/{request}\": {msg}"),
+            )
+        };
+        let mut mine: Vec<&DraDevice> = self.claimed.values().filter(|d| is(d)).collect();
+        mine.sort_by(|a, b| a.at.device.cmp(&b.at.device));
+        if mine.is_empty() {
+            return Err(err(match self.others.iter().find(|d| is(d)) {
+                Some(d) => format!(
+                    "{} has no {RESOURCE_NAME_ATTRIBUTE} and {DEVICE_ID_ATTRIBUTE} attributes: not a network device",
+                    d.at
+                ),
+                None => "no such claim request allocated a device to this pod".into(),
+            }));
+        }
+        let Some(d) = mine.iter().find(|d| {
+            d.resource_name.as_deref() == Some(resource)
+                && !self
+                    .taken
+                    .iter()
+                    .any(|t| Some(t.as_str()) == d.device_id.as_deref())
+        }) else {
+            let what: Vec<String> = mine
+                .iter()
+                .map(|d| format!("{} of {}", d.at, d.resource_name.as_deref().unwrap_or("")))
+                .collect();
+            return Err(err(format!(
+                "no free device of {resource} (the NAD's {RESOURCE_NAME_ANNOTATION}) among {}",
+                what.join(", ")
+            )));
+        };
+        let id = d.device_id.clone().expect("a network device");
+        let claim = self.claim_of(resource, &id, network)?;
+        self.taken.push(id.clone());
+        Ok((id, claim))
     }
 }
 
@@ -436,13 +559,13 @@ mod tests {
     fn distinct_ids_in_order_and_a_clear_error_when_they_run_out() {
         let mut a = Allocator::new(from_checkpoint(&checkpoint(), "pod-a").unwrap());
         let r = "intel.com/sriov_netdevice";
-        assert_eq!(a.take(r, None, "ns/a").unwrap(), "0000:3b:02.1");
+        assert_eq!(a.take(r, None, "ns/a").unwrap().0, "0000:3b:02.1");
         assert_eq!(
-            a.take(r, Some("0000:3b:02.3"), "ns/b").unwrap(),
+            a.take(r, Some("0000:3b:02.3"), "ns/b").unwrap().0,
             "0000:3b:02.3"
         );
-        assert_eq!(a.take(r, None, "ns/c").unwrap(), "0000:3b:02.2");
-        assert_eq!(a.take(r, None, "ns/d").unwrap(), "0000:3b:02.4");
+        assert_eq!(a.take(r, None, "ns/c").unwrap().0, "0000:3b:02.2");
+        assert_eq!(a.take(r, None, "ns/d").unwrap().0, "0000:3b:02.4");
         let e = a.take(r, None, "ns/e").unwrap_err();
         assert!(
             e.msg.contains("allocated 4") && e.msg.contains("ns/e"),
@@ -457,5 +580,115 @@ mod tests {
             .msg
             .contains("not a free device"));
         assert!(a.take("other.com/none", None, "ns/y").is_err());
+    }
+
+    fn dra(claim: &str, request: &str, device: &str, attrs: Option<(&str, &str)>) -> DraDevice {
+        DraDevice {
+            at: ClaimDevice {
+                namespace: "ns".into(),
+                claim: format!("pod-{claim}-x"),
+                pod_claim: claim.into(),
+                request: request.into(),
+                driver: "d".into(),
+                pool: "n1".into(),
+                device: device.into(),
+                status_entry: Default::default(),
+            },
+            resource_name: attrs.map(|a| a.0.to_string()),
+            device_id: attrs.map(|a| a.1.to_string()),
+            shared_with: vec![],
+        }
+    }
+
+    #[test]
+    fn claim_devices_follow_the_kubelets_and_say_where_they_came_from() {
+        let r = "intel.com/sriov_netdevice";
+        let mut a = Allocator::with_claims(
+            from_checkpoint(&checkpoint(), "pod-a").unwrap(),
+            vec![
+                dra("gpu", "g", "gpu-0", None),
+                dra("net", "vf", "vf-1", Some((r, "0000:5e:00.1"))),
+                // The kubelet's ID again (a driver publishing the same VF): handed out once.
+                dra("net", "vf", "vf-2", Some((r, "0000:3b:02.1"))),
+            ],
+        );
+        for want in [
+            "0000:3b:02.1",
+            "0000:3b:02.2",
+            "0000:3b:02.3",
+            "0000:3b:02.4",
+        ] {
+            assert_eq!(a.take(r, None, "ns/n").unwrap().0, want);
+        }
+        let (id, claim) = a.take(r, None, "ns/n").unwrap();
+        assert_eq!(id, "0000:5e:00.1");
+        let claim = claim.unwrap();
+        assert_eq!(
+            (
+                claim.claim.as_str(),
+                claim.request.as_str(),
+                claim.device.as_str()
+            ),
+            ("pod-net-x", "vf", "vf-1")
+        );
+        let e = a.take(r, None, "ns/last").unwrap_err();
+        for part in [
+            "ns/last",
+            "no free",
+            "passed over",
+            "pod-gpu-x",
+            "request \"g\"",
+            "gpu-0",
+        ] {
+            assert!(e.msg.contains(part), "{part}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn a_device_request_picks_its_claims_device_or_says_why_not() {
+        let r = "example.com/vf";
+        let claims = || {
+            vec![
+                dra("a", "vf", "vf-1", Some((r, "id-1"))),
+                dra("b", "vf", "vf-2", Some((r, "id-2"))),
+                dra("b", "fast", "vf-3", Some(("example.com/other", "id-3"))),
+                dra("gpu", "g", "gpu-0", None),
+            ]
+        };
+        let mut a = Allocator::with_claims(PodDevices::default(), claims());
+        // By the pod's name for the claim, or the ResourceClaim's.
+        assert_eq!(a.take_request(r, "b", "vf", "ns/x").unwrap().0, "id-2");
+        assert_eq!(
+            a.take_request(r, "pod-a-x", "vf", "ns/y").unwrap().0,
+            "id-1"
+        );
+        // Order-based networks get what is left; a request's device is not handed out twice.
+        assert!(a.take(r, None, "ns/z").is_err());
+        let e = a.take_request(r, "b", "vf", "ns/w").unwrap_err();
+        assert!(e.msg.contains("no free device"), "{}", e.msg);
+        let e = a.take_request(r, "b", "fast", "ns/w").unwrap_err();
+        assert!(
+            e.msg.contains("example.com/other") && e.msg.contains("vf-3"),
+            "{}",
+            e.msg
+        );
+        let e = a.take_request(r, "gpu", "g", "ns/w").unwrap_err();
+        assert!(
+            e.msg.contains("not a network device") && e.msg.contains("gpu-0"),
+            "{}",
+            e.msg
+        );
+        let e = a.take_request(r, "c", "vf", "ns/w").unwrap_err();
+        assert!(e.msg.contains("no such claim request"), "{}", e.msg);
+        // A claim shared with another pod never gives its network device to this one.
+        let mut shared = dra("a", "vf", "vf-1", Some((r, "id-1")));
+        shared.shared_with = vec!["ns/other".into()];
+        let mut a = Allocator::with_claims(PodDevices::default(), vec![shared]);
+        let e = a.take(r, None, "ns/v").unwrap_err();
+        assert!(
+            e.msg.contains("ns/other") && e.msg.contains("two pods"),
+            "{}",
+            e.msg
+        );
     }
 }

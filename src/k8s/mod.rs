@@ -6,6 +6,7 @@
 pub mod annotations;
 pub mod client;
 pub mod devices;
+pub mod dra;
 pub mod nad;
 #[allow(clippy::all, missing_docs)]
 pub mod podresources;
@@ -76,12 +77,32 @@ pub trait ClusterView {
     ) -> Result<devices::PodDevices, CniError> {
         Ok(devices::PodDevices::default())
     }
+    /// The devices the pod's DRA claims allocated. Only asked when a NAD names a resource and
+    /// the pod's status names claims.
+    fn claim_devices(&self, _pod: &Pod) -> Result<Vec<dra::DraDevice>, CniError> {
+        Ok(vec![])
+    }
 }
 
-/// Where plexus reports what it did: the pod's network-status and Events.
+/// Where plexus reports what it did: the pod's network-status and Events, and the network data
+/// of claim devices (KEP-4817).
 pub trait Reporter {
     fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError>;
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str);
+    /// Write `data` into the claim's `status.devices` for the device; says what it did.
+    fn publish_claim_device(
+        &self,
+        _dev: &dra::ClaimDevice,
+        _data: &dra::NetworkData,
+        _message: &str,
+    ) -> Result<dra::StatusEntry, CniError> {
+        Ok(dra::StatusEntry::None)
+    }
+    /// Take plexus's part of the claim's status for the device out again (a claim gone is
+    /// nothing to do).
+    fn withdraw_claim_device(&self, _dev: &dra::ClaimDevice) -> Result<(), CniError> {
+        Ok(())
+    }
 }
 
 pub fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -116,6 +137,7 @@ pub struct MemoryView {
     pub pods: HashMap<(String, String), Pod>,
     pub nads: HashMap<(String, String), NetworkAttachmentDefinition>,
     pub devices: devices::PodDevices,
+    pub claims: Vec<dra::DraDevice>,
     pub reports: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub fail_status: bool,
 }
@@ -186,6 +208,9 @@ impl ClusterView for MemoryView {
     ) -> Result<devices::PodDevices, CniError> {
         Ok(self.devices.clone())
     }
+    fn claim_devices(&self, _pod: &Pod) -> Result<Vec<dra::DraDevice>, CniError> {
+        Ok(self.claims.clone())
+    }
 }
 
 impl Reporter for MemoryView {
@@ -218,5 +243,32 @@ impl Reporter for MemoryView {
             .lock()
             .unwrap()
             .push(format!("event {who} {reason} {message}"));
+    }
+
+    fn publish_claim_device(
+        &self,
+        dev: &dra::ClaimDevice,
+        data: &dra::NetworkData,
+        _message: &str,
+    ) -> Result<dra::StatusEntry, CniError> {
+        if self.fail_status {
+            return Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!("writing the status of {dev}: injected failure"),
+            ));
+        }
+        self.reports.lock().unwrap().push(format!(
+            "claim {}/{} {} {} {:?}",
+            dev.namespace, dev.claim, dev.device, data.interface_name, data.ips
+        ));
+        Ok(dra::StatusEntry::Created)
+    }
+
+    fn withdraw_claim_device(&self, dev: &dra::ClaimDevice) -> Result<(), CniError> {
+        self.reports.lock().unwrap().push(format!(
+            "unclaim {}/{} {}",
+            dev.namespace, dev.claim, dev.device
+        ));
+        Ok(())
     }
 }
