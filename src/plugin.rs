@@ -66,7 +66,10 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
             let conf = configure(&req).map_err(|e| {
                 tracing::warn!("DEL for {}: config unusable ({e}); deleting from the cache under the default cniDir", req.who());
             });
-            let engine = Engine::new(None, Arc::new(Kernel));
+            let mut engine = Engine::new(None, Arc::new(Kernel));
+            if let Ok(c) = &conf {
+                engine.connect = Some(claims_connect(c, &req.stdin, in_cluster));
+            }
             engine.del(&req, conf.ok().as_ref()).map(|()| String::new())
         }
         cmd => req
@@ -135,18 +138,8 @@ fn in_process(
         _ => None,
     };
     let mut engine = Engine::new(cluster, Arc::new(Kernel));
-    if matches!(cmd, Command::Del | Command::Gc) {
-        // Only when a DEL finds network data of its own in a DRA claim to take out.
-        let conf = conf.clone();
-        engine.connect = Some(Arc::new(move || {
-            match ApiView::connect(&conf, creds.clone()) {
-                Ok(v) => v.map(|a| Arc::new(a) as Arc<dyn Cluster>),
-                Err(e) => {
-                    tracing::warn!("API client: {e}");
-                    None
-                }
-            }
-        }));
+    if cmd == Command::Gc {
+        engine.connect = Some(connect_with(conf, creds, &req.stdin));
     }
     let out = engine.run(&Call {
         req,
@@ -159,6 +152,39 @@ fn in_process(
             .map_err(|e| e.context("converting the result")),
         None => Ok(String::new()),
     }
+}
+
+/// Where a DEL or GC takes plexus's network data out of DRA claims, built only if one has some
+/// to take out: the API server with the plugin's credentials, else the node daemon (a shim's
+/// config names no kubeconfig; the daemon has the credentials).
+fn claims_connect(conf: &NetConf, stdin: &[u8], in_cluster: bool) -> crate::engine::Connect {
+    connect_with(conf, Credentials::for_plugin(conf, in_cluster), stdin)
+}
+
+fn connect_with(
+    conf: &NetConf,
+    creds: Option<Credentials>,
+    stdin: &[u8],
+) -> crate::engine::Connect {
+    let conf = conf.clone();
+    let daemon = crate::shim::socket_dir(stdin);
+    Arc::new(move || {
+        if creds.is_some() {
+            return match ApiView::connect(&conf, creds.clone()) {
+                Ok(v) => v.map(|a| Arc::new(a) as Arc<dyn Cluster>),
+                Err(e) => {
+                    tracing::warn!("API client: {e}");
+                    None
+                }
+            };
+        }
+        daemon.clone().map(|dir| {
+            Arc::new(crate::shim::DaemonClaims {
+                dir,
+                timeout: conf.api_timeout + std::time::Duration::from_secs(5),
+            }) as Arc<dyn Cluster>
+        })
+    })
 }
 
 /// Parse the config and set up logging as it says (once: this process serves one call).

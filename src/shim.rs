@@ -132,3 +132,75 @@ pub fn unreachable_error(req: &Request, why: &str, sent: bool) -> CniError {
         format!("{} for {}: {what}", req.command(), req.who()),
     )
 }
+
+/// The daemon as the reporter of a DEL the shim runs itself: it takes plexus's network data out of
+/// DRA claims with the daemon's credentials (`POST /plexus/v1/claims/withdraw`). It reads and
+/// writes nothing else.
+pub struct DaemonClaims {
+    pub dir: PathBuf,
+    pub timeout: Duration,
+}
+
+impl crate::k8s::ClusterView for DaemonClaims {
+    fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        _uid: Option<&str>,
+    ) -> Result<Option<k8s_openapi::api::core::v1::Pod>, CniError> {
+        Err(CniError::new(
+            Code::IO,
+            format!("pod {namespace}/{name}: not read through the daemon's claims client"),
+        ))
+    }
+    fn nad(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<crate::k8s::NetworkAttachmentDefinition>, CniError> {
+        Err(CniError::new(
+            Code::IO,
+            format!("NAD {namespace}/{name}: not read through the daemon's claims client"),
+        ))
+    }
+}
+
+impl crate::k8s::Reporter for DaemonClaims {
+    fn set_network_status(
+        &self,
+        _pod: &k8s_openapi::api::core::v1::Pod,
+        _value: &str,
+    ) -> Result<(), CniError> {
+        Err(CniError::new(
+            Code::IO,
+            "network-status is not written through the daemon's claims client",
+        ))
+    }
+
+    fn event(&self, _pod: &k8s_openapi::api::core::v1::Pod, _w: bool, _r: &str, _m: &str) {}
+
+    fn withdraw_claim_device(&self, dev: &crate::k8s::dra::ClaimDevice) -> Result<(), CniError> {
+        let socket = self.dir.join("multus.sock");
+        let body = serde_json::to_vec(dev).expect("serializes");
+        let what = format!("{dev}: asking the daemon at {}", socket.display());
+        let reply = crate::unix_http::call(
+            &socket,
+            "POST",
+            "/plexus/v1/claims/withdraw",
+            Some("application/json"),
+            body,
+            self.timeout,
+        )
+        .map_err(|e| CniError::new(Code::TRY_AGAIN_LATER, format!("{what}: {e}")))?;
+        match reply.status {
+            200 => Ok(()),
+            code => Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!(
+                    "{what}: answered {code}: {}",
+                    String::from_utf8_lossy(&reply.body).trim()
+                ),
+            )),
+        }
+    }
+}

@@ -380,6 +380,8 @@ pub struct FixtureOptions {
     pub bookmark_interval: Option<std::time::Duration>,
     /// How many changes watches can resume from before they get 410 Gone.
     pub history_size: Option<usize>,
+    /// The resource.k8s.io version served (`v1` when not set), or `none`.
+    pub resource_version: Option<String>,
 }
 
 /// The fixture API server (NOT a real kube-apiserver), running inside a test's node netns so
@@ -442,6 +444,9 @@ impl Fixture {
         }
         if let Some(h) = opts.history_size {
             cmd.arg("--history-size").arg(h.to_string());
+        }
+        if let Some(v) = &opts.resource_version {
+            cmd.args(["--resource-version", v]);
         }
         let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
@@ -614,6 +619,22 @@ impl Fixture {
     }
 
     /// The pod's network-status annotation, parsed (Null when absent).
+    /// Objects through `POST /fixture/objects` (a pod with its status, a ResourceSlice…).
+    pub fn create_one(&self, obj: Value) {
+        assert_eq!(self.create_objects(&[obj]), 1);
+    }
+
+    /// A ResourceClaim, as the API server has it now.
+    pub fn claim(&self, ns: &str, name: &str, version: &str) -> Value {
+        let (code, v) = self.call(
+            "GET",
+            &format!("/apis/resource.k8s.io/{version}/namespaces/{ns}/resourceclaims/{name}"),
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
     pub fn network_status(&self, ns: &str, name: &str) -> Value {
         let pod = self.pod(ns, name);
         pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"]
@@ -649,6 +670,12 @@ impl Fixture {
     pub fn rbac_requests(&self) -> Vec<(String, String, String)> {
         self.client_requests()
             .iter()
+            // Discovery documents are non-resource URLs every authenticated client may read
+            // (the system:discovery role), not something a role grants.
+            .filter(|r| {
+                let p = r["path"].as_str().unwrap_or("");
+                !(p.starts_with("/apis/") && p.trim_matches('/').split('/').count() == 2)
+            })
             .map(|r| {
                 rbac_attributes(
                     r["method"].as_str().unwrap(),
@@ -1001,4 +1028,156 @@ pub fn in_netns<R: Send + 'static>(netns: &str, f: impl FnOnce() -> R + Send + '
         f()
     });
     t.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// DRA objects as a DRA driver and the scheduler would leave them, in a resource.k8s.io version.
+pub mod dra {
+    use serde_json::{json, Value};
+
+    /// A ResourceSlice of `driver` on `node` (pool named after the node); each device with the
+    /// Multus attributes (resourceName, deviceID) or none. v1beta1 keeps them under `basic`.
+    pub fn slice(
+        version: &str,
+        name: &str,
+        driver: &str,
+        node: &str,
+        devices: &[(&str, Option<(&str, &str)>)],
+    ) -> Value {
+        let devices: Vec<Value> = devices
+            .iter()
+            .map(|(d, attrs)| {
+                let a = match attrs {
+                    Some((r, id)) => json!({
+                        "k8s.cni.cncf.io/resourceName": {"string": r},
+                        "k8s.cni.cncf.io/deviceID": {"string": id}}),
+                    None => json!({"example.com/model": {"string": "m1"}}),
+                };
+                if version == "v1beta1" {
+                    json!({"name": d, "basic": {"attributes": a}})
+                } else {
+                    json!({"name": d, "attributes": a})
+                }
+            })
+            .collect();
+        json!({"apiVersion": format!("resource.k8s.io/{version}"), "kind": "ResourceSlice",
+            "metadata": {"name": name},
+            "spec": {"driver": driver, "nodeName": node,
+                     "pool": {"name": node, "generation": 1, "resourceSliceCount": 1},
+                     "devices": devices}})
+    }
+
+    /// A claim allocated and reserved for one pod: `results` are (request, driver, pool, device).
+    pub fn claim(
+        version: &str,
+        ns: &str,
+        name: &str,
+        pods: &[(&str, &str)],
+        results: &[(&str, &str, &str, &str)],
+    ) -> Value {
+        let results: Vec<Value> = results
+            .iter()
+            .map(|(req, drv, pool, dev)| json!({"request": req, "driver": drv, "pool": pool, "device": dev}))
+            .collect();
+        let reserved: Vec<Value> = pods
+            .iter()
+            .map(|(n, uid)| json!({"resource": "pods", "name": n, "uid": uid}))
+            .collect();
+        let mut c = json!({"apiVersion": format!("resource.k8s.io/{version}"), "kind": "ResourceClaim",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"devices": {"requests": [{"name": "vf"}]}},
+            "status": {"reservedFor": reserved}});
+        if !results.is_empty() {
+            c["status"]["allocation"] = json!({"devices": {"results": results}});
+        }
+        c
+    }
+
+    /// A pod on `node` with UID `uid` whose status names its claims (pod's name, claim name).
+    pub fn pod(
+        ns: &str,
+        name: &str,
+        uid: &str,
+        node: &str,
+        annotations: Value,
+        claims: &[(&str, &str)],
+    ) -> Value {
+        let statuses: Vec<Value> = claims
+            .iter()
+            .map(|(n, c)| json!({"name": n, "resourceClaimName": c}))
+            .collect();
+        let refs: Vec<Value> = claims.iter().map(|(n, _)| json!({"name": n})).collect();
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "uid": uid, "annotations": annotations},
+            "spec": {"nodeName": node, "resourceClaims": refs,
+                     "containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"resourceClaimStatuses": statuses}})
+    }
+}
+
+/// Another pod's network namespace on the same node (a test's second pod), deleted on drop.
+pub struct ExtraPod {
+    pub netns: String,
+}
+
+impl ExtraPod {
+    pub fn link(&self, ifname: &str) -> Value {
+        let v: Value = serde_json::from_str(&sh(&[
+            "ip",
+            "-j",
+            "-d",
+            "-n",
+            &self.netns,
+            "link",
+            "show",
+            "dev",
+            ifname,
+        ]))
+        .unwrap();
+        v[0].clone()
+    }
+
+    pub fn links(&self) -> Vec<String> {
+        TestEnv::links(&self.netns)
+    }
+}
+
+impl Drop for ExtraPod {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+impl TestEnv {
+    /// A second pod netns beside the test's own.
+    pub fn extra_pod(&self, suffix: &str) -> ExtraPod {
+        let netns = format!("{}{suffix}", self.pod);
+        sh(&["ip", "netns", "add", &netns]);
+        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        ExtraPod { netns }
+    }
+
+    /// [`TestEnv::cni_pod`] for a pod in `pod`'s netns.
+    pub fn cni_pod_at(
+        &self,
+        pod: &ExtraPod,
+        verb: &str,
+        id: &str,
+        ns: &str,
+        name: &str,
+        conf: &Value,
+    ) -> Output {
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={id}");
+        self.cni_raw(
+            verb,
+            &[
+                ("CNI_CONTAINERID", id),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", &args),
+                ("CNI_NETNS", &format!("/run/netns/{}", pod.netns)),
+            ],
+            conf.to_string().as_bytes(),
+        )
+    }
 }

@@ -36,6 +36,41 @@ fn granted(file: &str, kind: &str) -> BTreeSet<(String, String, String)> {
     out
 }
 
+/// A NAD on a DRA device (its delegate records, so no device is needed), the device's slice, the
+/// pod's allocated claim, and pod `name` whose status names it and which asks for `extra` and
+/// the DRA network.
+fn dra_objects(api: &Fixture, name: &str, uid: &str) {
+    use plexus_e2e::dra;
+    api.create_nad_annotated(
+        "default",
+        "dranet",
+        &json!({"cniVersion": "1.0.0", "name": "dranet", "type": "test-record", "address": "10.54.0.2/24"}),
+        json!({"k8s.v1.cni.cncf.io/resourceName": "example.com/vf"}),
+    );
+    api.create_one(dra::slice(
+        "v1",
+        &format!("{name}-slice"),
+        "vf.example.com",
+        "node-1",
+        &[("vf-1", Some(("example.com/vf", "0000:5e:00.1")))],
+    ));
+    api.create_one(dra::claim(
+        "v1",
+        "default",
+        &format!("{name}-net"),
+        &[(name, uid)],
+        &[("vf", "vf.example.com", "node-1", "vf-1")],
+    ));
+    api.create_one(dra::pod(
+        "default",
+        name,
+        uid,
+        "node-1",
+        json!({"k8s.v1.cni.cncf.io/networks": "extra, dranet"}),
+        &[("net", &format!("{name}-net"))],
+    ));
+}
+
 #[test]
 fn rbac_grants_exactly_the_calls_the_plugin_makes() {
     // Every kind of call: a clusterNetwork NAD in multusNamespace, a pod NAD, the pod, the
@@ -52,11 +87,7 @@ fn rbac_grants_exactly_the_calls_the_plugin_makes() {
         "extra",
         &json!({"cniVersion": "1.0.0", "name": "extra", "type": "test-record", "address": "10.51.0.2/24"}),
     );
-    api.create_pod(
-        "default",
-        "p",
-        json!({"k8s.v1.cni.cncf.io/networks": "extra"}),
-    );
+    dra_objects(&api, "p", "uid-p");
     let mut conf = env.plexus_conf("1.0.0", vec![]);
     conf["clusterNetwork"] = json!("cluster");
     conf["kubeconfig"] = json!(api.kubeconfig);
@@ -71,11 +102,20 @@ fn rbac_grants_exactly_the_calls_the_plugin_makes() {
         ("k8s.cni.cncf.io", "network-attachment-definitions", "get"),
         ("", "pods/status", "patch"),
         ("", "events", "create"),
+        ("resource.k8s.io", "resourceclaims", "get"),
+        ("resource.k8s.io", "resourceclaims/status", "update"),
+        ("resource.k8s.io", "resourceslices", "list"),
     ]
     .iter()
     .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
     .collect();
     assert_eq!(used, want, "the scenario exercises every kind of call");
+    let claim = api.claim("default", "p-net", "v1");
+    assert_eq!(
+        claim["status"]["devices"],
+        json!([]),
+        "DEL took the network data out: {claim}"
+    );
     assert_eq!(granted("rbac.yaml", "ClusterRole"), used, "granted == used");
     let rbac = docs("rbac.yaml");
     let role = rbac.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
@@ -99,11 +139,10 @@ fn thick_rbac_grants_exactly_the_calls_the_daemon_makes_watches_included() {
         "extra",
         &json!({"cniVersion": "1.0.0", "name": "extra", "type": "test-record", "address": "10.52.0.2/24"}),
     );
-    api.create_pod(
-        "default",
-        "p",
-        json!({"k8s.v1.cni.cncf.io/networks": "extra"}),
-    );
+    // The DRA watches cut and failing: the daemon LISTs the slice it does not have.
+    api.fault(json!({"pathPrefix": "/apis/resource.k8s.io/v1/resourceslices", "watch": true, "status": 500}));
+    api.abort_watches();
+    dra_objects(&api, "p", "uid-p");
     let mut conf = env.plexus_conf(
         "1.0.0",
         vec![json!({"cniVersion": "1.0.0", "name": "c", "type": "test-record", "address": "10.53.0.2/24"})],
@@ -113,6 +152,10 @@ fn thick_rbac_grants_exactly_the_calls_the_daemon_makes_watches_included() {
         .ok();
     env.cni_pod("DEL", "rbacd1", "default", "p", None, &conf)
         .ok();
+    api.clear_faults();
+    // The shim's DEL has no credentials: the daemon took the network data out for it.
+    let claim = api.claim("default", "p-net", "v1");
+    assert_eq!(claim["status"]["devices"], json!([]), "{claim}");
     // The watch cache misses: a NAD that does not exist and a pod it has not seen (watches cut)
     // are fetched with one GET each.
     api.create_pod(
@@ -141,6 +184,12 @@ fn thick_rbac_grants_exactly_the_calls_the_daemon_makes_watches_included() {
         ("k8s.cni.cncf.io", "network-attachment-definitions", "get"),
         ("", "pods/status", "patch"),
         ("", "events", "create"),
+        ("resource.k8s.io", "resourceclaims", "list"),
+        ("resource.k8s.io", "resourceclaims", "watch"),
+        ("resource.k8s.io", "resourceclaims", "get"),
+        ("resource.k8s.io", "resourceclaims/status", "update"),
+        ("resource.k8s.io", "resourceslices", "list"),
+        ("resource.k8s.io", "resourceslices", "watch"),
     ]
     .iter()
     .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))

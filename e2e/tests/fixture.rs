@@ -30,6 +30,7 @@ fn tls_fixture(env: &TestEnv, bookmarks: Duration, history: Option<usize>) -> Fi
             token: Some(TOKEN.into()),
             bookmark_interval: Some(bookmarks),
             history_size: history,
+            ..Default::default()
         },
     )
 }
@@ -933,4 +934,158 @@ fn in_cluster_child() {
         json!({"namespace": namespace, "pods": names})
     });
     println!("IN-CLUSTER {reply}");
+}
+
+/// resource.k8s.io as DRA clients see it: discovery names the one version served; slices are
+/// cluster-scoped and selectable by `spec.nodeName` and `spec.driver` (list and watch); a
+/// claim's status subresource keeps its spec, honours resourceVersion preconditions, and
+/// refuses a device status for a device the claim did not allocate; an API server serving a beta
+/// version does not answer v1 paths.
+#[test]
+fn resource_k8s_io_claims_with_status_and_slices_by_field_selector() {
+    use plexus_e2e::dra;
+    let env = TestEnv::new("fx-dra");
+    let api = Fixture::start(&env);
+    let (code, group) = api.call("GET", "/apis/resource.k8s.io", None);
+    assert_eq!(code, 200);
+    assert_eq!(group["versions"][0]["version"], "v1");
+    for (name, node, driver) in [
+        ("s1", "node-1", "a.example.com"),
+        ("s2", "node-1", "b.example.com"),
+        ("s3", "node-2", "a.example.com"),
+    ] {
+        api.create_one(dra::slice(
+            "v1",
+            name,
+            driver,
+            node,
+            &[("d0", Some(("example.com/r", "id0")))],
+        ));
+    }
+    let names = |q: &str| -> Vec<String> {
+        let (code, list) = api.call(
+            "GET",
+            &format!("/apis/resource.k8s.io/v1/resourceslices{q}"),
+            None,
+        );
+        assert_eq!(code, 200, "{list}");
+        assert_eq!(list["kind"], "ResourceSliceList");
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(""), ["s1", "s2", "s3"]);
+    assert_eq!(names("?fieldSelector=spec.nodeName%3Dnode-1"), ["s1", "s2"]);
+    assert_eq!(
+        names("?fieldSelector=spec.nodeName%3Dnode-1%2Cspec.driver%3Da.example.com"),
+        ["s1"]
+    );
+    let (code, _) = api.call(
+        "GET",
+        "/apis/resource.k8s.io/v1/resourceslices?fieldSelector=spec.pool.name%3Dx",
+        None,
+    );
+    assert_eq!(
+        code, 400,
+        "an unsupported field is refused as the real API does"
+    );
+    let (code, s1) = api.call("GET", "/apis/resource.k8s.io/v1/resourceslices/s1", None);
+    assert_eq!(code, 200);
+    assert!(
+        s1["metadata"].get("namespace").is_none(),
+        "cluster-scoped: {s1}"
+    );
+    // A watch with a field selector sees only its node's slices.
+    let text = plexus::unix_http::call(&api.socket, "GET", "/apis/resource.k8s.io/v1/resourceslices?watch=true&fieldSelector=spec.nodeName%3Dnode-2&timeoutSeconds=1", None, vec![], Duration::from_secs(5)).unwrap();
+    let events: Vec<Value> = String::from_utf8_lossy(&text.body)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            events[0]["type"].as_str(),
+            events[0]["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("s3"))
+    );
+
+    api.create_one(dra::claim(
+        "v1",
+        "default",
+        "c",
+        &[("p", "u1")],
+        &[("vf", "a.example.com", "node-1", "d0")],
+    ));
+    let claim = api.claim("default", "c", "v1");
+    let put = |body: &Value| {
+        api.call(
+            "PUT",
+            "/apis/resource.k8s.io/v1/namespaces/default/resourceclaims/c/status",
+            Some(body),
+        )
+    };
+    let mut next = claim.clone();
+    next["spec"] = json!({"changed": true});
+    next["status"]["devices"] = json!([{"driver": "a.example.com", "pool": "node-1", "device": "d0", "networkData": {"interfaceName": "net1", "ips": ["10.0.0.1/24"]}}]);
+    let (code, v) = put(&next);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["spec"], claim["spec"],
+        "the status subresource leaves spec alone"
+    );
+    assert_eq!(
+        v["status"]["devices"][0]["networkData"]["interfaceName"],
+        "net1"
+    );
+    let (code, v) = put(&next);
+    assert_eq!(
+        (code, v["reason"].as_str()),
+        (409, Some("Conflict")),
+        "stale resourceVersion"
+    );
+    let mut bad = api.claim("default", "c", "v1");
+    bad["status"]["devices"] =
+        json!([{"driver": "a.example.com", "pool": "node-1", "device": "d9"}]);
+    let (code, v) = put(&bad);
+    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("not allocated"),
+        "{v}"
+    );
+    let (code, _) = api.call(
+        "GET",
+        "/apis/resource.k8s.io/v1beta1/namespaces/default/resourceclaims/c",
+        None,
+    );
+    assert_eq!(code, 404, "one version is served");
+    drop(api);
+
+    let beta = Fixture::start_with(
+        &env,
+        &FixtureOptions {
+            resource_version: Some("v1beta2".into()),
+            ..Default::default()
+        },
+    );
+    let (_, group) = beta.call("GET", "/apis/resource.k8s.io", None);
+    assert_eq!(
+        group["versions"],
+        json!([{"groupVersion": "resource.k8s.io/v1beta2", "version": "v1beta2"}])
+    );
+    let (code, _) = beta.call("GET", "/apis/resource.k8s.io/v1/resourceslices", None);
+    assert_eq!(code, 404);
+    drop(beta);
+    let none = Fixture::start_with(
+        &env,
+        &FixtureOptions {
+            resource_version: Some("none".into()),
+            ..Default::default()
+        },
+    );
+    let (code, _) = none.call("GET", "/apis/resource.k8s.io", None);
+    assert_eq!(code, 404, "an API server without DRA");
 }

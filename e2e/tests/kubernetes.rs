@@ -43,11 +43,27 @@ struct Cluster {
 }
 
 fn cluster(mode: Mode, tag: &str, bridge: &str, subnet: &str) -> Cluster {
+    cluster_serving(mode, tag, bridge, subnet, None)
+}
+
+/// With the fixture serving `resource_version` of resource.k8s.io (v1 when `None`).
+fn cluster_serving(
+    mode: Mode,
+    tag: &str,
+    bridge: &str,
+    subnet: &str,
+    resource_version: Option<&str>,
+) -> Cluster {
     let env = TestEnv::new(tag);
-    let api = match mode {
-        Mode::Thin => Fixture::start(&env),
-        Mode::Daemon => Fixture::start_tls(&env, "daemon-sa-token"),
-    };
+    let api = Fixture::start_with(
+        &env,
+        &common::FixtureOptions {
+            tls: mode == Mode::Daemon,
+            token: (mode == Mode::Daemon).then(|| "daemon-sa-token".to_string()),
+            resource_version: resource_version.map(String::from),
+            ..Default::default()
+        },
+    );
     let mut ipam = env.host_local("cluster", subnet);
     ipam["routes"] = json!([{"dst": "0.0.0.0/0"}]);
     let mut conf = env.plexus_conf(
@@ -961,6 +977,294 @@ fn sriov_vfs_from_pod_resources_list_when_get_is_unimplemented(mode: Mode) {
     sriov_scenario(mode, "k-vfl", "10.128.0.0/24", Devices::PodResourcesList);
 }
 
+/// SR-IOV through DRA: the VFs (veths) are devices of a DRA driver's ResourceSlice on this node,
+/// carrying the Multus attributes; the pods' claims allocate them. Pod `a` mixes a device-plugin
+/// network (its VF from the kubelet checkpoint) and a DRA one, and has a GPU claim beside (not a
+/// network device, passed over); pod `b` names its claim's request. Each pod gets its own VF,
+/// the claim's status carries the interface's network data after ADD and not after DEL, and
+/// network-status carries the driver's device-info.
+fn dra_scenario(mode: Mode, tag: &str, subnet: &str, version: &str) {
+    use common::dra;
+    let bridge = format!("kbd{}", &tag[tag.len() - 1..]);
+    let mut c = cluster_serving(mode, tag, &bridge, subnet, Some(version));
+    let (vfa, vfb, vfp) = (format!("{tag}a0"), format!("{tag}b0"), format!("{tag}p0"));
+    c.env.node_veth(&vfa, &format!("{tag}a1"));
+    c.env.node_veth(&vfb, &format!("{tag}b1"));
+    c.env.node_veth(&vfp, &format!("{tag}p1"));
+    let driver = "sriov.dra.example.com";
+    c.api.create_one(dra::slice(
+        version,
+        "node-1-vfs",
+        driver,
+        "node-1",
+        &[
+            ("vf-a", Some(("example.com/dra_vf", &vfa))),
+            ("vf-b", Some(("example.com/dra_vf", &vfb))),
+        ],
+    ));
+    c.api.create_one(dra::slice(
+        version,
+        "node-1-gpus",
+        "gpu.example.com",
+        "node-1",
+        &[("gpu-0", None)],
+    ));
+    // Another node's slice of the same driver: never read for this node's pods.
+    c.api.create_one(dra::slice(
+        version,
+        "node-2-vfs",
+        driver,
+        "node-2",
+        &[("vf-a", Some(("example.com/dra_vf", "elsewhere")))],
+    ));
+    c.api.create_one(dra::claim(
+        version,
+        "default",
+        "a-net",
+        &[("a", "uid-a")],
+        &[("vf", driver, "node-1", "vf-a")],
+    ));
+    c.api.create_one(dra::claim(
+        version,
+        "default",
+        "a-gpu",
+        &[("a", "uid-a")],
+        &[("gpu", "gpu.example.com", "node-1", "gpu-0")],
+    ));
+    c.api.create_one(dra::claim(
+        version,
+        "default",
+        "b-net",
+        &[("b", "uid-b")],
+        &[("vf", driver, "node-1", "vf-b")],
+    ));
+    c.api.create_one(dra::claim(
+        version,
+        "default",
+        "d-net",
+        &[("d", "uid-d")],
+        &[],
+    ));
+    c.api.create_one(dra::pod(
+        "default",
+        "a",
+        "uid-a",
+        "node-1",
+        json!({NETS: "dp-net, dra-net"}),
+        &[("gpu", "a-gpu"), ("net", "a-net")],
+    ));
+    c.api.create_one(dra::pod("default", "b", "uid-b", "node-1",
+        json!({NETS: json!([{"name": "dra-net", "plexus.io/deviceRequest": "net/vf"}]).to_string()}), &[("net", "b-net")]));
+    // Asks for another pod's claim: not among its own.
+    c.api.create_one(dra::pod("default", "b2", "uid-b2", "node-1",
+        json!({NETS: json!([{"name": "dra-net", "plexus.io/deviceRequest": "a-net/vf"}]).to_string()}), &[("net", "b-net")]));
+    // Its claim is not allocated yet.
+    c.api.create_one(dra::pod(
+        "default",
+        "d",
+        "uid-d",
+        "node-1",
+        json!({NETS: "dra-net"}),
+        &[("net", "d-net")],
+    ));
+    let checkpoint = c.env.path().join("kubelet_internal_checkpoint");
+    std::fs::write(&checkpoint, json!({"Data": {"PodDeviceEntries": [
+        {"PodUID": "uid-a", "ContainerName": "c", "ResourceName": "intel.com/sriov_vf", "DeviceIDs": {"0": [vfp]}, "AllocResp": ""}
+    ]}, "Checksum": 1}).to_string()).unwrap();
+    c.conf["deviceCheckpointFile"] = json!(checkpoint);
+    c.conf["podResourcesSocket"] = json!(c.env.path().join("no-kubelet.sock"));
+    // The DRA driver in Multus mode writes device-info where device plugins do.
+    let devinfo = c.env.path().join("devinfo");
+    std::fs::create_dir_all(devinfo.join("dp")).unwrap();
+    std::fs::write(
+        devinfo.join(format!("dp/example.com-dra_vf-{vfa}-device.json")),
+        json!({"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:5e:00.2"}})
+            .to_string(),
+    )
+    .unwrap();
+    c.conf["deviceInfoDir"] = json!(devinfo);
+    let ipam =
+        |n: u8| json!({"type": "static", "addresses": [{"address": format!("10.131.{n}.5/24")}]});
+    c.api.create_nad_annotated(
+        "default",
+        "dp-net",
+        &json!({"cniVersion": "1.0.0", "name": "dp-net", "type": "test-sriov", "ipam": ipam(1)}),
+        json!({"k8s.v1.cni.cncf.io/resourceName": "intel.com/sriov_vf"}),
+    );
+    c.api.create_nad_annotated(
+        "default",
+        "dra-net",
+        &json!({"cniVersion": "1.0.0", "name": "dra-net", "type": "test-sriov", "ipam": ipam(2)}),
+        json!({"k8s.v1.cni.cncf.io/resourceName": "example.com/dra_vf"}),
+    );
+
+    if let Some(d) = &c._daemon {
+        // The daemon's watch cache holds this node's two slices and the four claims.
+        let t = Instant::now();
+        while metric(
+            &d.metrics(),
+            r#"plexus_watch_cache_objects{kind="resourceslices"}"#,
+        ) < 2.0
+            || metric(
+                &d.metrics(),
+                r#"plexus_watch_cache_objects{kind="resourceclaims"}"#,
+            ) < 4.0
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the DRA watches never delivered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    c.api.clear_requests();
+    c.env
+        .cni_pod("ADD", &format!("{tag}-a"), "default", "a", None, &c.conf)
+        .ok();
+    let used = c.api.rbac_requests();
+    let dra = |res: &str, verb: &str| {
+        used.iter()
+            .filter(|(g, r, v)| g == "resource.k8s.io" && r == res && v == verb)
+            .count()
+    };
+    match c.mode {
+        // Plugin: both claims and the two drivers' slices are read; a-net's status written.
+        Mode::Thin => assert_eq!(
+            (dra("resourceclaims", "get"), dra("resourceslices", "list")),
+            (3, 2),
+            "{used:?}"
+        ),
+        // Daemon: claims and slices come from the watch cache; only the status write reads.
+        Mode::Daemon => assert_eq!(
+            (dra("resourceclaims", "get"), dra("resourceslices", "list")),
+            (1, 0),
+            "{used:?}"
+        ),
+    }
+    assert_eq!(dra("resourceclaims/status", "update"), 1, "{used:?}");
+    let mut links = c.env.pod_links();
+    links.sort();
+    assert_eq!(links, ["eth0", "lo", "net1", "net2"]);
+    let peer_index = |peer: &str| -> Value {
+        serde_json::from_str::<Value>(&c.env.node(&["ip", "-j", "link", "show", "dev", peer]))
+            .unwrap()[0]["link_index"]
+            .clone()
+    };
+    // net1: the kubelet's VF; net2: the claim's.
+    assert_eq!(
+        peer_index(&format!("{tag}p1")),
+        c.env.pod_link("net1")["ifindex"]
+    );
+    assert_eq!(
+        peer_index(&format!("{tag}a1")),
+        c.env.pod_link("net2")["ifindex"]
+    );
+    let claim = c.api.claim("default", "a-net", version);
+    let devices = claim["status"]["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{claim}");
+    let d = &devices[0];
+    assert_eq!(
+        (
+            d["driver"].as_str(),
+            d["pool"].as_str(),
+            d["device"].as_str()
+        ),
+        (Some(driver), Some("node-1"), Some("vf-a"))
+    );
+    let mac = c.env.pod_link("net2")["address"].clone();
+    assert_eq!(
+        d["networkData"],
+        json!({"interfaceName": "net2", "ips": ["10.131.2.5/24"], "hardwareAddress": mac})
+    );
+    assert_eq!(d["conditions"][0]["type"], "Ready");
+    assert!(
+        c.api.claim("default", "a-gpu", version)["status"]["devices"].is_null(),
+        "the GPU's claim is not touched"
+    );
+    let status = c.api.network_status("default", "a");
+    assert_eq!(status_of(&status, "net2")["name"], "default/dra-net");
+    assert_eq!(
+        status_of(&status, "net2")["device-info"]["pci"]["pci-address"],
+        "0000:5e:00.2"
+    );
+
+    // Pod b's network names its claim's request: its own VF, never a's.
+    let b = c.env.extra_pod("b");
+    c.env
+        .cni_pod_at(&b, "ADD", &format!("{tag}-b"), "default", "b", &c.conf)
+        .ok();
+    assert_eq!(peer_index(&format!("{tag}b1")), b.link("net1")["ifindex"]);
+    let claim_b = c.api.claim("default", "b-net", version);
+    assert_eq!(
+        claim_b["status"]["devices"][0]["networkData"]["interfaceName"],
+        "net1"
+    );
+
+    // Another pod's claim, and a claim not allocated yet: refused, naming pod and claim; nothing
+    // attached.
+    let msg = c
+        .env
+        .cni_pod_at(&b, "ADD", &format!("{tag}-b2"), "default", "b2", &c.conf)
+        .err(7);
+    assert!(
+        msg.contains("a-net/vf") && msg.contains("no such claim request"),
+        "{msg}"
+    );
+    c.env
+        .cni_pod_at(&b, "DEL", &format!("{tag}-b2"), "default", "b2", &c.conf)
+        .ok();
+    let msg = c
+        .env
+        .cni_pod_at(&b, "ADD", &format!("{tag}-d"), "default", "d", &c.conf)
+        .err(11);
+    assert!(
+        msg.contains("default/d") && msg.contains("default/d-net") && msg.contains("not allocated"),
+        "{msg}"
+    );
+    c.env
+        .cni_pod_at(&b, "DEL", &format!("{tag}-d"), "default", "d", &c.conf)
+        .ok();
+
+    c.env
+        .cni_pod_at(&b, "DEL", &format!("{tag}-b"), "default", "b", &c.conf)
+        .ok();
+    c.env
+        .cni_pod("DEL", &format!("{tag}-a"), "default", "a", None, &c.conf)
+        .ok();
+    for name in ["a-net", "b-net"] {
+        let cl = c.api.claim("default", name, version);
+        assert_eq!(
+            cl["status"]["devices"],
+            json!([]),
+            "DEL takes plexus's entry out: {cl}"
+        );
+    }
+    let node = c.env.node_links();
+    for vf in [&vfa, &vfb, &vfp] {
+        assert!(node.contains(vf), "{vf} back on the node: {node:?}");
+    }
+    drop(b);
+    c.env.assert_clean(&[
+        &bridge,
+        &vfa,
+        &format!("{tag}a1"),
+        &vfb,
+        &format!("{tag}b1"),
+        &vfp,
+        &format!("{tag}p1"),
+    ]);
+}
+
+fn sriov_vfs_from_dra_claims(mode: Mode) {
+    dra_scenario(mode, "k-dr1", "10.132.0.0/24", "v1");
+}
+
+/// An API server offering only v1beta1 (devices' attributes under `basic`).
+#[test]
+fn sriov_vfs_from_dra_claims_of_a_v1beta1_api_server() {
+    dra_scenario(Mode::Thin, "k-dr2", "10.133.0.0/24", "v1beta1");
+}
+
 /// The privilege escalation the code review found: a NAD whose type is plexus (or Multus), with
 /// a `binDir` of the NAD author's choosing, would run any binary there as root. Refused before
 /// anything runs, at any position of the network, and the error names the NAD.
@@ -1026,4 +1330,5 @@ both!(
     sriov_vfs_from_the_kubelet_checkpoint,
     sriov_vfs_from_pod_resources_get,
     sriov_vfs_from_pod_resources_list_when_get_is_unimplemented,
+    sriov_vfs_from_dra_claims,
 );

@@ -142,6 +142,10 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/healthz", any(healthz))
         .route("/readyz", any(readyz))
         .route("/plexus/v1/pod", axum::routing::get(cached_pod))
+        .route(
+            "/plexus/v1/claims/withdraw",
+            axum::routing::post(withdraw_claim),
+        )
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(daemon)
@@ -200,6 +204,31 @@ async fn cached_pod(st: St, q: axum::extract::Query<PodQuery>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// A DEL the shim ran itself found network data plexus wrote into a DRA claim: take it out with
+/// the daemon's credentials (the shim has none).
+async fn withdraw_claim(st: St, body: Bytes) -> Response {
+    use crate::k8s::Reporter;
+    let Some(w) = st.watch.clone() else {
+        return (StatusCode::NOT_FOUND, "no cluster\n").into_response();
+    };
+    let dev: crate::k8s::dra::ClaimDevice = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let r = tokio::task::spawn_blocking(move || w.withdraw_claim_device(&dev)).await;
+    let code = match &r {
+        Ok(Ok(())) => StatusCode::OK,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    st.metrics
+        .observe_http("/plexus/v1/claims/withdraw", code.as_u16(), "POST");
+    match r {
+        Ok(Ok(())) => (code, "{}").into_response(),
+        Ok(Err(e)) => (code, format!("{e}\n")).into_response(),
+        Err(e) => (code, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn not_found(st: St, method: Method) -> Response {

@@ -773,4 +773,98 @@ mod tests {
         }
         assert_eq!(e["type"], "Warning");
     }
+
+    #[test]
+    fn dra_reads_the_offered_version_and_writes_the_claim_status_through_a_conflict() {
+        use crate::k8s::dra::{ClaimDevice, NetworkData, StatusEntry};
+        let (view, mut handle) = view();
+        let claim = |rv: &str| {
+            json!({"apiVersion": "resource.k8s.io/v1beta2", "kind": "ResourceClaim",
+                "metadata": {"name": "p-net-x", "namespace": "ns1", "resourceVersion": rv},
+                "spec": {"devices": {"requests": [{"name": "vf", "exactly": {"deviceClassName": "vf"}}]}},
+                "status": {"allocation": {"devices": {"results": [
+                    {"request": "vf", "driver": "sriov.example.com", "pool": "node-1", "device": "vf-1"}]}},
+                    "reservedFor": [{"resource": "pods", "name": "p", "uid": "u1"}]}})
+        };
+        let slices = json!({"apiVersion": "resource.k8s.io/v1beta2", "kind": "ResourceSliceList", "metadata": {}, "items": [
+            {"apiVersion": "resource.k8s.io/v1beta2", "kind": "ResourceSlice", "metadata": {"name": "s1"},
+             "spec": {"driver": "sriov.example.com", "nodeName": "node-1", "pool": {"name": "node-1", "generation": 1, "resourceSliceCount": 1},
+                      "devices": [{"name": "vf-1", "attributes": {
+                          "k8s.cni.cncf.io/resourceName": {"string": "example.com/vf"},
+                          "k8s.cni.cncf.io/deviceID": {"string": "0000:5e:00.1"}}}]}}]});
+        let group = json!({"kind": "APIGroup", "apiVersion": "v1", "name": "resource.k8s.io",
+            "versions": [{"groupVersion": "resource.k8s.io/v1beta2", "version": "v1beta2"},
+                         {"groupVersion": "resource.k8s.io/v1beta1", "version": "v1beta1"}]});
+        let answers = vec![
+            ok(group),
+            ok(claim("5")),
+            ok(slices),
+            ok(claim("5")),
+            status(409, "Conflict"),
+            ok(claim("6")),
+            ok(claim("7")),
+        ];
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Value)>::new()));
+        let seen = log.clone();
+        view.rt.handle().spawn(async move {
+            for answer in answers {
+                let Some((req, send)) = handle.next_request().await else {
+                    return;
+                };
+                let line = format!("{} {}", req.method(), req.uri());
+                let body = req.into_body().collect_bytes().await.unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push((line, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                send.send_response(answer);
+            }
+        });
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "ns1", "uid": "u1"},
+            "spec": {"nodeName": "node-1", "containers": []},
+            "status": {"resourceClaimStatuses": [{"name": "net", "resourceClaimName": "p-net-x"}]}}))
+        .unwrap();
+        let devices = view.claim_devices(&pod).unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].device_id.as_deref(), Some("0000:5e:00.1"));
+        let dev = ClaimDevice {
+            status_entry: StatusEntry::None,
+            ..devices[0].at.clone()
+        };
+        let data = NetworkData {
+            interface_name: "net1".into(),
+            ips: vec!["10.1.0.5/24".into()],
+            hardware_address: None,
+        };
+        assert_eq!(
+            view.publish_claim_device(&dev, &data, "m").unwrap(),
+            StatusEntry::Created
+        );
+        let log = log.lock().unwrap();
+        let lines: Vec<&str> = log.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(lines[0], "GET /apis/resource.k8s.io");
+        assert_eq!(
+            lines[1],
+            "GET /apis/resource.k8s.io/v1beta2/namespaces/ns1/resourceclaims/p-net-x"
+        );
+        assert!(
+            lines[2].starts_with("GET /apis/resource.k8s.io/v1beta2/resourceslices?")
+                && lines[2].contains("spec.nodeName%3Dnode-1%2Cspec.driver%3Dsriov.example.com"),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(
+            lines[4],
+            "PUT /apis/resource.k8s.io/v1beta2/namespaces/ns1/resourceclaims/p-net-x/status?"
+        );
+        assert_eq!(log[4].1["metadata"]["resourceVersion"], "5");
+        // After the conflict: read again, write with the new resourceVersion.
+        assert_eq!(log[6].1["metadata"]["resourceVersion"], "6");
+        let entry = &log[6].1["status"]["devices"][0];
+        assert_eq!(entry["device"], "vf-1");
+        assert_eq!(
+            entry["networkData"],
+            json!({"interfaceName": "net1", "ips": ["10.1.0.5/24"]})
+        );
+        assert_eq!(log.len(), 7, "{lines:?}");
+    }
 }

@@ -9,7 +9,7 @@
 //! # Usage
 //!
 //! `plexus-fixture-apiserver [--listen ADDR] [--unix PATH] [--token T] [--tls-dir DIR]
-//! [--bookmark-interval-ms MS] [--history-size N]`, printing `listening on ADDR` on stdout once
+//! [--bookmark-interval-ms MS] [--history-size N] [--resource-version V]`, printing `listening on ADDR` on stdout once
 //! every listener (and DIR/ca.crt) is ready.
 //! - `--listen ADDR` (default `127.0.0.1:0`): the TCP listener for the API.
 //! - `--unix PATH`: the same service, always plain HTTP, on a unix socket: the tests' control
@@ -23,6 +23,8 @@
 //!   gets one.
 //! - `--history-size N` (default 10000): how many changes the watch history keeps; a watch or a
 //!   list continuation from before the oldest kept change gets 410 Gone (reason `Expired`).
+//! - `--resource-version V` (default `v1`): the one resource.k8s.io version served (`v1`,
+//!   `v1beta2`, `v1beta1`), or `none` for an API server without DRA.
 //!
 //! # API endpoints
 //!
@@ -34,8 +36,17 @@
 //!   `application/merge-patch+json` only (RFC 7386; a `metadata.uid` or `resourceVersion` in the
 //!   patch is a precondition), `DELETE` name (immediate: no graceful deletion, no finalizers).
 //!
+//! DRA, in the served version V: `/apis/resource.k8s.io` (the APIGroup discovery document),
+//! `/apis/resource.k8s.io/V/namespaces/{ns}/resourceclaims[/{name}[/status]]` (as above; a PUT
+//! or PATCH of a claim is refused with 422 `Invalid` when a `status.devices` entry names a device
+//! the claim did not allocate, appears twice, or has `networkData` beyond KEP-4817's limits) and
+//! the cluster-scoped `/apis/resource.k8s.io/V/resourceslices[/{name}]` (list, watch, get,
+//! create, replace, delete; field selectors `spec.nodeName` and `spec.driver`). The objects'
+//! schemas are not checked: a test stores v1beta1-shaped devices under v1beta1 itself.
+//!
 //! Cluster-wide (all namespaces), list and watch only: `/api/v1/pods`, `/api/v1/events`,
-//! `/apis/k8s.cni.cncf.io/v1/network-attachment-definitions`.
+//! `/apis/k8s.cni.cncf.io/v1/network-attachment-definitions`,
+//! `/apis/resource.k8s.io/V/resourceclaims`.
 //!
 //! List and watch query parameters (percent- and `+`-decoded):
 //! - `fieldSelector`: comma-joined `field=v`, `field==v`, `field!=v` (`\,` `\=` `\\` escapes);
@@ -117,19 +128,42 @@ enum Kind {
     Pod,
     Nad,
     Event,
+    ResourceClaim,
+    ResourceSlice,
+}
+
+/// The one resource.k8s.io version served (`--resource-version`), or none.
+static RESOURCE_VERSION: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+
+fn resource_version() -> Option<&'static str> {
+    *RESOURCE_VERSION.get().unwrap_or(&Some("v1"))
 }
 
 impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Pod,
+        Kind::Nad,
+        Kind::Event,
+        Kind::ResourceClaim,
+        Kind::ResourceSlice,
+    ];
     fn plural(self) -> &'static str {
         match self {
             Kind::Pod => "pods",
             Kind::Nad => "network-attachment-definitions",
             Kind::Event => "events",
+            Kind::ResourceClaim => "resourceclaims",
+            Kind::ResourceSlice => "resourceslices",
         }
     }
     fn api_version(self) -> &'static str {
         match self {
             Kind::Nad => "k8s.cni.cncf.io/v1",
+            Kind::ResourceClaim | Kind::ResourceSlice => match resource_version() {
+                Some("v1beta1") => "resource.k8s.io/v1beta1",
+                Some("v1beta2") => "resource.k8s.io/v1beta2",
+                _ => "resource.k8s.io/v1",
+            },
             _ => "v1",
         }
     }
@@ -138,10 +172,16 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Nad => "NetworkAttachmentDefinition",
             Kind::Event => "Event",
+            Kind::ResourceClaim => "ResourceClaim",
+            Kind::ResourceSlice => "ResourceSlice",
         }
     }
+    /// Objects without a namespace (kept under namespace "").
+    fn cluster_scoped(self) -> bool {
+        self == Kind::ResourceSlice
+    }
     fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
-        [Kind::Pod, Kind::Nad, Kind::Event]
+        Kind::ALL
             .into_iter()
             .find(|k| k.api_version() == api_version && k.kind() == kind)
     }
@@ -270,6 +310,28 @@ fn route(path: &str) -> Option<Route> {
     let (core, rest) = match segs.as_slice() {
         ["api", "v1", rest @ ..] => (true, rest),
         ["apis", "k8s.cni.cncf.io", "v1", rest @ ..] => (false, rest),
+        ["apis", "resource.k8s.io", v, rest @ ..] if Some(*v) == resource_version() => {
+            let kind = match rest.first() {
+                Some(&"resourceslices") => Kind::ResourceSlice,
+                _ => Kind::ResourceClaim,
+            };
+            if kind.cluster_scoped() {
+                // /resourceslices[/{name}[/{sub}]]
+                let (name, sub) = match rest {
+                    [_] => (None, None),
+                    [_, name] => (Some(name), None),
+                    [_, name, sub] => (Some(name), Some(sub)),
+                    _ => return None,
+                };
+                return Some(Route {
+                    kind,
+                    ns: name.map(|_| String::new()),
+                    name: name.map(|s| s.to_string()),
+                    sub: sub.map(|s| s.to_string()),
+                });
+            }
+            (false, rest)
+        }
         _ => return None,
     };
     let (ns, plural, name, sub) = match rest {
@@ -283,6 +345,9 @@ fn route(path: &str) -> Option<Route> {
         ("pods", true) => Kind::Pod,
         ("events", true) => Kind::Event,
         ("network-attachment-definitions", false) => Kind::Nad,
+        ("resourceclaims", false) if path.starts_with("/apis/resource.k8s.io/") => {
+            Kind::ResourceClaim
+        }
         _ => return None,
     };
     Some(Route {
@@ -375,6 +440,16 @@ async fn handle(
             return status(401, "Unauthorized", "Unauthorized".into(), None, "");
         }
     }
+    if method == Method::GET && path.trim_end_matches('/') == "/apis/resource.k8s.io" {
+        if let Some(v) = resource_version() {
+            return respond(
+                200,
+                &json!({"kind": "APIGroup", "apiVersion": "v1", "name": "resource.k8s.io",
+                    "versions": [{"groupVersion": format!("resource.k8s.io/{v}"), "version": v}],
+                    "preferredVersion": {"groupVersion": format!("resource.k8s.io/{v}"), "version": v}}),
+            );
+        }
+    }
     let Some(Route {
         kind,
         ns,
@@ -399,6 +474,7 @@ async fn handle(
         (Method::GET, _, None, None) => list(&app, scope, &q),
         (Method::GET, Some(ns), Some(n), None | Some("status")) => get(&app, kind, &ns, &n),
         (Method::POST, Some(ns), None, None) => create(&app, kind, &ns, &body),
+        (Method::POST, None, None, None) if kind.cluster_scoped() => create(&app, kind, "", &body),
         (Method::PUT, Some(ns), Some(n), None | Some("status")) => {
             replace(&app, kind, &ns, &n, &body, sub.is_some())
         }
@@ -680,6 +756,8 @@ fn field_value(kind: Kind, obj: &Value, field: &str) -> Option<String> {
             )
         }
         (Kind::Pod, "spec.nodeName") => &["spec", "nodeName"],
+        (Kind::ResourceSlice, "spec.nodeName") => &["spec", "nodeName"],
+        (Kind::ResourceSlice, "spec.driver") => &["spec", "driver"],
         (Kind::Pod, "spec.restartPolicy") => &["spec", "restartPolicy"],
         (Kind::Pod, "spec.schedulerName") => &["spec", "schedulerName"],
         (Kind::Pod, "spec.serviceAccountName") => &["spec", "serviceAccountName"],
@@ -1105,7 +1183,13 @@ fn stamp(st: &mut State, kind: Kind, ns: &str, obj: &mut Value) {
     st.rv += 1;
     obj["apiVersion"] = json!(kind.api_version());
     obj["kind"] = json!(kind.kind());
-    obj["metadata"]["namespace"] = json!(ns);
+    if kind.cluster_scoped() {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("namespace");
+        }
+    } else {
+        obj["metadata"]["namespace"] = json!(ns);
+    }
     obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
 }
 
@@ -1206,13 +1290,14 @@ fn create_many(st: &mut State, body: &[u8]) -> Response<Body> {
                 o["apiVersion"], o["kind"]
             ));
         };
-        let Some(ns) = o["metadata"]["namespace"]
+        let ns = match o["metadata"]["namespace"]
             .as_str()
             .filter(|n| !n.is_empty())
-        else {
-            return bad_request(format!("object {i}: metadata.namespace is required"));
+        {
+            _ if kind.cluster_scoped() => String::new(),
+            Some(ns) => ns.to_string(),
+            None => return bad_request(format!("object {i}: metadata.namespace is required")),
         };
-        let ns = ns.to_string();
         if let Some(name) = o["metadata"]["name"].as_str().filter(|n| !n.is_empty()) {
             let key = (kind, ns.clone(), name.to_string());
             if st.objects.contains_key(&key) || !names.insert(key) {
@@ -1278,6 +1363,17 @@ fn replace(
         // spec stays as it was.
         obj["spec"] = current["spec"].clone();
     }
+    if kind == Kind::ResourceClaim {
+        if let Err(why) = valid_claim_status(&obj["status"]) {
+            return status(
+                422,
+                "Invalid",
+                format!("ResourceClaim.resource.k8s.io \"{name}\" is invalid: {why}"),
+                Some(kind),
+                name,
+            );
+        }
+    }
     obj["metadata"]["uid"] = current["metadata"]["uid"].clone();
     obj["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
     stamp(&mut st, kind, ns, &mut obj);
@@ -1285,6 +1381,50 @@ fn replace(
     record(&mut st, kind, "MODIFIED", obj.clone(), Some(current));
     publish(&st);
     respond(200, &obj)
+}
+
+/// As the API server validates a claim's status (KEP-4817): every `status.devices` entry names an
+/// allocated device, once, and its networkData fits the limits.
+fn valid_claim_status(st: &Value) -> Result<(), String> {
+    let results = st["allocation"]["devices"]["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, d) in st["devices"].as_array().into_iter().flatten().enumerate() {
+        let id = (
+            d["driver"].as_str().unwrap_or(""),
+            d["pool"].as_str().unwrap_or(""),
+            d["device"].as_str().unwrap_or(""),
+            d["shareID"].as_str().unwrap_or(""),
+        );
+        if !seen.insert(id) {
+            return Err(format!("status.devices[{i}]: Duplicate value"));
+        }
+        if !results
+            .iter()
+            .any(|r| r["driver"] == id.0 && r["pool"] == id.1 && r["device"] == id.2)
+        {
+            return Err(format!(
+                "status.devices[{i}]: Invalid value: device {}/{}/{} is not allocated",
+                id.0, id.1, id.2
+            ));
+        }
+        let nd = &d["networkData"];
+        if nd["interfaceName"].as_str().is_some_and(|n| n.len() > 256)
+            || nd["hardwareAddress"]
+                .as_str()
+                .is_some_and(|n| n.len() > 128)
+            || nd["ips"].as_array().is_some_and(|a| {
+                a.len() > 16
+                    || a.iter()
+                        .any(|ip| !ip.as_str().is_some_and(|s| s.contains('/')))
+            })
+        {
+            return Err(format!("status.devices[{i}].networkData: Invalid value"));
+        }
+    }
+    Ok(())
 }
 
 /// RFC 7386 JSON merge patch: objects merge key by key, `null` removes, anything else replaces.
@@ -1633,6 +1773,9 @@ struct Args {
     /// Changes kept for watches to resume from.
     #[arg(long, default_value_t = 10_000)]
     history_size: usize,
+    /// The resource.k8s.io version served (v1, v1beta2, v1beta1), or `none`.
+    #[arg(long, default_value = "v1")]
+    resource_version: String,
 }
 
 fn main() {
@@ -1643,7 +1786,14 @@ fn main() {
         tls_dir,
         bookmark_interval_ms,
         history_size,
+        resource_version,
     } = clap::Parser::parse();
+    let served = match resource_version.as_str() {
+        "none" => None,
+        v @ ("v1" | "v1beta2" | "v1beta1") => Some(&*v.to_string().leak()),
+        other => panic!("--resource-version {other}: v1, v1beta2, v1beta1 or none"),
+    };
+    RESOURCE_VERSION.set(served).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
