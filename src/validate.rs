@@ -1392,12 +1392,18 @@ fn check_pod(ctx: &Ctx, obj: &Map<String, Value>, template_path: &[&str], out: &
     // Devices the kubelet would allocate: placeholders for every resource a NAD of the call names,
     // and the IDs the pod's selections ask for.
     let mut view = ctx.view.clone();
-    let wanted: Vec<String> = annotations
+    let selections = annotations
         .get(NETWORKS_ANNOTATION)
         .and_then(|v| parse_networks(v).ok())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    let wanted: Vec<String> = selections
+        .iter()
+        .filter_map(|s| s.device_id.clone())
+        .collect();
+    // A DRA claim's request a selection names (`plexus.io/deviceRequest`): taken as allocated.
+    let requests: Vec<(String, String)> = selections
         .into_iter()
-        .filter_map(|s| s.device_id)
+        .filter_map(|s| s.device_request)
         .collect();
     let resources: std::collections::BTreeSet<String> = view
         .nads
@@ -1416,6 +1422,24 @@ fn check_pod(ctx: &Ctx, obj: &Map<String, Value>, template_path: &[&str], out: &
             .map(|i| format!("offline-placeholder-{i}"))
             .collect();
         ids.extend(wanted.iter().cloned());
+        for (claim, request) in &requests {
+            let id = format!("offline-claim-{claim}-{request}-{r}");
+            view.claims.push(crate::k8s::dra::DraDevice {
+                at: crate::k8s::dra::ClaimDevice {
+                    namespace: ns.clone(),
+                    claim: claim.clone(),
+                    pod_claim: claim.clone(),
+                    request: request.clone(),
+                    driver: "offline".into(),
+                    pool: "offline".into(),
+                    device: id.clone(),
+                    status_entry: Default::default(),
+                },
+                resource_name: Some(r.clone()),
+                device_id: Some(id),
+                shared_with: vec![],
+            });
+        }
         view.devices.0.insert(r, ids);
     }
     let conf_files: &dyn NetworkFiles = ctx.files.as_ref();
@@ -1793,6 +1817,23 @@ metadata:
         let atts = v[1]["attachments"].as_array().unwrap();
         assert_eq!(atts[1]["needsDevice"], "intel.com/sriov");
         assert_eq!(atts[2]["needsDevice"], "intel.com/sriov");
+        // A DRA claim's request named by the selection is taken as allocated; one on a NAD
+        // without a resourceName is refused.
+        let dra = text.replace(
+            r#"annotations: {k8s.v1.cni.cncf.io/networks: "vf,vf"}"#,
+            r#"annotations: {k8s.v1.cni.cncf.io/networks: '[{"name": "vf", "plexus.io/deviceRequest": "net/vf"}, {"name": "vf"}]'}"#,
+        );
+        let (c, v) = run_on(&dra, None);
+        assert_eq!(c, 0, "{v:#?}");
+        assert_eq!(v[1]["attachments"][1]["needsDevice"], "intel.com/sriov");
+        let bad = dra.replace(
+            "  annotations: {k8s.v1.cni.cncf.io/resourceName: intel.com/sriov}\n",
+            "",
+        );
+        let (c, v) = run_on(&bad, None);
+        assert_eq!(c, 1, "{v:#?}");
+        let msg = v[1]["errors"][0]["message"].as_str().unwrap();
+        assert!(msg.contains("plexus.io/deviceRequest"), "{msg}");
     }
 
     #[test]
