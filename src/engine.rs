@@ -837,41 +837,60 @@ fn publish_claims(
     results: &[CniResult],
     record: &mut SandboxRecord,
 ) -> Result<(), CniError> {
-    let pod_who = format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or(""),
-        pod.metadata.name.as_deref().unwrap_or("")
-    );
+    let pod_who = pod_name(pod);
     for (i, (a, r)) in attachments.iter().zip(results).enumerate() {
-        let Some(dev) = &a.claim else { continue };
-        let data = crate::k8s::dra::NetworkData::from_result(&a.ifname, r);
-        let message = format!(
-            "plexus attached {} of pod {pod_who} for network {}",
-            a.ifname, a.status_name
-        );
-        match c.publish_claim_device(dev, &data, &message) {
-            Ok(entry) => {
+        match publish_one(c, &pod_who, a, r) {
+            Ok(Some(entry)) => {
                 if let Some(d) = record.attachments[i].claim.as_mut() {
                     d.status_entry = entry;
                 }
             }
+            Ok(None) => {}
             Err(e) => {
                 withdraw_claims(c, &mut record.attachments, &pod_who);
-                return Err(e.context(format!("network {}", a.status_name)));
+                return Err(e);
             }
         }
     }
     Ok(())
 }
 
-fn published(a: &AttachmentRecord) -> bool {
+pub(crate) fn pod_name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    )
+}
+
+/// Write one attachment's network data into its claim's status, if its device came from one.
+pub(crate) fn publish_one(
+    c: &dyn Reporter,
+    pod_who: &str,
+    a: &Attachment,
+    r: &CniResult,
+) -> Result<Option<crate::k8s::dra::StatusEntry>, CniError> {
+    let Some(dev) = &a.claim else {
+        return Ok(None);
+    };
+    let data = crate::k8s::dra::NetworkData::from_result(&a.ifname, r);
+    let message = format!(
+        "plexus attached {} of pod {pod_who} for network {}",
+        a.ifname, a.status_name
+    );
+    c.publish_claim_device(dev, &data, &message)
+        .map(Some)
+        .map_err(|e| e.context(format!("network {}", a.status_name)))
+}
+
+pub(crate) fn published(a: &AttachmentRecord) -> bool {
     a.claim
         .as_ref()
         .is_some_and(|d| d.status_entry != crate::k8s::dra::StatusEntry::None)
 }
 
 /// Take plexus's network data out of the claims of these attachments; best effort, logged.
-fn withdraw_claims(c: &dyn Reporter, attachments: &mut [AttachmentRecord], who: &str) {
+pub(crate) fn withdraw_claims(c: &dyn Reporter, attachments: &mut [AttachmentRecord], who: &str) {
     for a in attachments.iter_mut() {
         let Some(dev) = a
             .claim

@@ -19,7 +19,9 @@ use crate::cni::{CniResult, Command, Request};
 use crate::config::{ConfDir, NetConf};
 use crate::k8s::annotations::NetworkSelection;
 use crate::k8s::nad::NetworkAttachmentDefinitionSpec;
-use crate::k8s::{annotation, ClusterView, NetworkAttachmentDefinition, NETWORK_STATUS_ANNOTATION};
+use crate::k8s::{
+    annotation, ClusterView, NetworkAttachmentDefinition, Reporter, NETWORK_STATUS_ANNOTATION,
+};
 use crate::plan::{
     declares, nad_network, plan_hotplug, resolve, Attachment, PodNetwork, SelectionRef, Sources,
 };
@@ -331,6 +333,9 @@ impl Engine {
                     out.detached
                         .push(format!("{} from {}", a.ifname, a.status_name));
                     detached.push(i);
+                    if let Some(c) = self.cluster.as_deref() {
+                        super::withdraw_claims(c, &mut [a.clone()], &chain.who);
+                    }
                 }
                 Some((_, e)) => out.failed.push(("detach", e)),
             }
@@ -344,7 +349,8 @@ impl Engine {
         // Attach, each on its own: a failure rolls back only that one.
         for mut a in planned {
             device_info_file(&conf, &record.container_id, &mut a);
-            match attach_one(&chain, &cache, &mut record, &a) {
+            let report = self.cluster.as_deref().map(|c| (c as &dyn Reporter, pod));
+            match attach_one(&chain, &cache, &mut record, &a, report) {
                 Ok(r) => {
                     let ips: Vec<&str> = r.ips.iter().map(|i| i.address.as_str()).collect();
                     out.attached
@@ -416,11 +422,14 @@ fn device_info_file(conf: &NetConf, container_id: &str, a: &mut Attachment) {
 /// ADD one attachment into a running sandbox's record. It is stored pending first, so a crash
 /// midway leaves a trace the next reconcile undoes; a failure is rolled back (DEL) and leaves the
 /// record as it was (unless that DEL fails too: then it stays, for the runtime's DEL).
+/// With `report`, an attachment whose device came from a DRA claim gets its network data
+/// written to the claim (a failed write rolls it back, as a failed ADD).
 fn attach_one(
     chain: &Chain,
     cache: &ResultCache,
     record: &mut SandboxRecord,
     a: &Attachment,
+    report: Option<(&dyn Reporter, &Pod)>,
 ) -> Result<CniResult, CniError> {
     record.attachments.push(pending(a));
     if let Err(e) = cache.store(record) {
@@ -445,6 +454,13 @@ fn attach_one(
         })
         .and_then(|r| {
             record.attachments[at].result = Some(r.to_value(a.network.cni_version)?);
+            if let Some((c, pod)) = report {
+                if let Some(entry) = super::publish_one(c, &super::pod_name(pod), a, &r)? {
+                    if let Some(d) = record.attachments[at].claim.as_mut() {
+                        d.status_entry = entry;
+                    }
+                }
+            }
             Ok(r)
         });
     match result {
@@ -621,7 +637,7 @@ impl Engine {
                 planned.selection = None;
                 chain.preflight(std::slice::from_ref(&planned))?;
                 device_info_file(&conf, id, &mut planned);
-                match attach_one(&chain, &cache, &mut record, &planned) {
+                match attach_one(&chain, &cache, &mut record, &planned, None) {
                     Ok(r) => {
                         let ips: Vec<&str> = r.ips.iter().map(|i| i.address.as_str()).collect();
                         report(

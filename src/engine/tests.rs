@@ -639,6 +639,65 @@ mod hotplug {
     }
 
     #[test]
+    fn a_hot_plugged_claim_device_gets_its_network_data_and_an_unplugged_one_loses_it() {
+        use crate::k8s::dra::StatusEntry;
+        let n = Node::new();
+        let c = n.conf(
+            "plexus",
+            "1.0.0",
+            vec![Node::net("cluster", json!({}))],
+            json!({"kubeconfig": "/dev/null"}),
+        );
+        let view = super::claim_view().with_pod("ns1", "p", &[]);
+        let reports = view.reports.clone();
+        let e = engine(Some(view));
+        add(
+            &e,
+            &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
+            &c,
+        )
+        .unwrap();
+        let key = Key {
+            network: "plexus",
+            container_id: "c1",
+            ifname: "eth0",
+        };
+        let pod = |nets: &str| {
+            MemoryView::default()
+                .with_pod("ns1", "p", &[(NETWORKS_ANNOTATION, nets)])
+                .pods[&("ns1".to_string(), "p".to_string())]
+                .clone()
+        };
+        let plug = |nets: &str| {
+            e.hotplug(
+                &pod(nets),
+                &key,
+                &c.cni_dir,
+                &|b| Ok(b.to_vec()),
+                &Cancel::never(),
+            )
+            .unwrap()
+        };
+        let o = plug("vf");
+        assert_eq!(o.attached.len(), 1, "{o:?}");
+        let recs = n.records();
+        let claim = recs[0].attachments[1].claim.as_ref().unwrap();
+        assert_eq!(claim.status_entry, StatusEntry::Created);
+        assert!(reports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("claim ns1/p-net-x vf-1 net1")));
+        let o = plug("");
+        assert_eq!(o.detached.len(), 1, "{o:?}");
+        assert!(reports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "unclaim ns1/p-net-x vf-1"));
+    }
+
+    #[test]
     fn added_and_removed_elements_and_what_stays_is_untouched() {
         let p = setup();
         assert_eq!(
