@@ -229,8 +229,11 @@ impl Engine {
                 a.device_info_file = Some(file.display().to_string());
             }
         }
+        // One look at the pod's links: for the names already taken, and for the sweep of an
+        // ADD cut short.
+        let links_now = self.links_now(req);
         if self.cluster.is_some() {
-            self.refuse_taken_names(req, &attachments)
+            self.refuse_taken_names(req, &attachments, links_now.as_ref().map(|(_, n)| n))
                 .map_err(|e| e.context(format!("ADD for {who}")))?;
         }
         // One write names everything this ADD may create, before any delegate runs; a crash at
@@ -248,7 +251,7 @@ impl Engine {
             cni_path: req.path.clone(),
             attachments: attachments.iter().map(pending).collect(),
             del_attempts: 0,
-            links_before: self.links_now(req),
+            links_before: links_now.map(|(l, _)| l),
         };
         cache.store(&record)?;
         let mut txn = || -> Result<Attached, CniError> {
@@ -291,7 +294,7 @@ impl Engine {
 
     /// The pod's namespace and links now, for [`sweep_strays`]; none when there is no pod
     /// namespace to look at, or it is plexus's own (never swept).
-    fn links_now(&self, req: &Request) -> Option<crate::cache::PodLinks> {
+    fn links_now(&self, req: &Request) -> Option<(crate::cache::PodLinks, Vec<String>)> {
         let netns = req.netns.as_deref().filter(|n| !n.is_empty())?;
         if self.netns.is_own(netns).unwrap_or(true) {
             return None;
@@ -309,18 +312,23 @@ impl Engine {
     }
 
     /// NPWG §4.1.1.2 and the spec: an interface name already present in the pod is an error.
+    /// `known`: the pod's link names when they were just listed.
     fn refuse_taken_names(
         &self,
         req: &Request,
         attachments: &[Attachment],
+        known: Option<&Vec<String>>,
     ) -> Result<(), CniError> {
         let netns = req.netns.as_deref().unwrap_or("");
-        let links = self.netns.link_names(netns).map_err(|e| {
-            CniError::new(
-                Code::INVALID_ENV,
-                format!("cannot list the links of CNI_NETNS {netns}: {e}"),
-            )
-        })?;
+        let links = match known {
+            Some(names) => names.clone(),
+            None => self.netns.link_names(netns).map_err(|e| {
+                CniError::new(
+                    Code::INVALID_ENV,
+                    format!("cannot list the links of CNI_NETNS {netns}: {e}"),
+                )
+            })?,
+        };
         for a in attachments {
             if links.iter().any(|n| n == &a.ifname) {
                 return Err(CniError::new(

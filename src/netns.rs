@@ -33,7 +33,11 @@ pub struct Netlink {
 impl Netlink {
     /// A rtnetlink socket inside the network namespace at `netns` (e.g. `/var/run/netns/x`).
     pub fn open_in(netns: &Path) -> io::Result<Netlink> {
-        let ns = std::fs::File::open(netns)?;
+        Self::open_in_file(&std::fs::File::open(netns)?)
+    }
+
+    /// [`Netlink::open_in`] a namespace file already open (checked by its caller).
+    pub fn open_in_file(ns: &std::fs::File) -> io::Result<Netlink> {
         let socket = std::thread::scope(|s| {
             s.spawn(|| -> io::Result<Socket> {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
@@ -318,8 +322,8 @@ pub trait NetnsOps: Send + Sync {
     fn set_default_route(&self, netns: &str, gw: IpAddr, ifname: &str) -> io::Result<()>;
     /// Whether `netns` is the namespace plexus itself runs in.
     fn is_own(&self, netns: &str) -> io::Result<bool>;
-    /// The namespace at `netns` (its inode) and the indexes of its links now.
-    fn pod_links(&self, netns: &str) -> io::Result<PodLinks>;
+    /// The namespace at `netns` (its inode) and the indexes of its links now, and their names.
+    fn pod_links(&self, netns: &str) -> io::Result<(PodLinks, Vec<String>)>;
     /// Clear away what an ADD cut short left in `netns` (see [`Netlink::sweep`]), if `netns` is
     /// still the namespace `before` was taken in; a line per link touched.
     fn sweep(&self, netns: &str, before: &PodLinks, scope: &SweepScope) -> io::Result<Vec<String>>;
@@ -342,19 +346,19 @@ impl NetnsOps for Kernel {
         Netlink::open_in(Path::new(netns))?.set_default_route(gw, ifname)
     }
 
-    fn pod_links(&self, netns: &str) -> io::Result<PodLinks> {
+    fn pod_links(&self, netns: &str) -> io::Result<(PodLinks, Vec<String>)> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(netns)?;
-        let indexes = Netlink::open_in(Path::new(netns))?
-            .links()?
-            .into_iter()
-            .map(|(i, _)| i)
-            .collect();
-        Ok(PodLinks {
-            netns_dev: m.dev(),
-            netns_ino: m.ino(),
-            indexes,
-        })
+        let ns = std::fs::File::open(netns)?;
+        let m = ns.metadata()?;
+        let (indexes, names) = Netlink::open_in_file(&ns)?.links()?.into_iter().unzip();
+        Ok((
+            PodLinks {
+                netns_dev: m.dev(),
+                netns_ino: m.ino(),
+                indexes,
+            },
+            names,
+        ))
     }
 
     fn sweep(&self, netns: &str, before: &PodLinks, scope: &SweepScope) -> io::Result<Vec<String>> {
@@ -368,7 +372,7 @@ impl NetnsOps for Kernel {
                 "it is another network namespace than the ADD's now; nothing touched",
             ));
         }
-        Netlink::open_in(Path::new(netns))?.sweep(&before.indexes, scope, &home)
+        Netlink::open_in_file(&ns)?.sweep(&before.indexes, scope, &home)
     }
 
     fn is_own(&self, netns: &str) -> io::Result<bool> {

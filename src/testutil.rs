@@ -36,12 +36,15 @@ impl NetnsOps for FakeNetns {
     fn is_own(&self, _netns: &str) -> std::io::Result<bool> {
         Ok(self.own)
     }
-    fn pod_links(&self, _netns: &str) -> std::io::Result<crate::cache::PodLinks> {
-        Ok(crate::cache::PodLinks {
-            netns_dev: 1,
-            netns_ino: 2,
-            indexes: vec![1],
-        })
+    fn pod_links(&self, _netns: &str) -> std::io::Result<(crate::cache::PodLinks, Vec<String>)> {
+        Ok((
+            crate::cache::PodLinks {
+                netns_dev: 1,
+                netns_ino: 2,
+                indexes: vec![1],
+            },
+            vec!["lo".into()],
+        ))
     }
     fn sweep(
         &self,

@@ -29,6 +29,11 @@ impl NodeDaemon {
     pub fn start(env: &TestEnv, api: &Fixture, config: Value) -> NodeDaemon {
         let d = Self::spawn(env, api, config);
         d.wait_ready(Duration::from_secs(30));
+        // Ready means pods and NADs are synced; the DRA watches (claims, this node's slices)
+        // start after discovery: wait for them too, so a test's request log starts after.
+        if api.dra {
+            api.wait_for_watches(4);
+        }
         d
     }
 

@@ -398,6 +398,8 @@ pub struct Fixture {
     /// The bearer token the fixture was started with, if any.
     pub token: Option<String>,
     netns: String,
+    /// It serves resource.k8s.io (a daemon then watches claims and slices too).
+    pub dra: bool,
 }
 
 /// Where a pod's service-account volume is mounted, and so where kube-rs's in-cluster config
@@ -493,6 +495,7 @@ impl Fixture {
             ca,
             token: opts.token.clone(),
             netns: env.node.clone(),
+            dra: opts.resource_version.as_deref() != Some("none"),
         }
     }
 
