@@ -197,7 +197,7 @@ impl Engine {
         };
         // Held to the end, rollback included: no DEL or re-ADD of this container runs meanwhile.
         let lock = cache.lock(&key, deadline, cancel)?;
-        if let Loaded::Found(stale) = cache.load(&key) {
+        if let Loaded::Found(mut stale) = cache.load(&key) {
             // The runtime should have DELeted first; do it for it rather than leak what was there.
             tracing::warn!(
                 "ADD for {who}: tearing down {} attachment(s) left from an earlier ADD",
@@ -209,6 +209,9 @@ impl Engine {
                     .context("removing attachments of an earlier ADD"));
             }
             sweep_strays(self.netns.as_ref(), &chain, &stale);
+            if let Some(c) = self.cluster.as_deref() {
+                withdraw_claims(c, &mut stale.attachments, &who);
+            }
             cache.remove(&key)?;
         }
         for a in attachments.iter_mut().filter(|a| a.device.is_some()) {
@@ -262,6 +265,15 @@ impl Engine {
             if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
                 if attachments.iter().any(|a| a.claim.is_some()) {
                     chain.check_live()?;
+                    // Recorded before the writes: a crash after one still has DEL look.
+                    for d in record
+                        .attachments
+                        .iter_mut()
+                        .filter_map(|a| a.claim.as_mut())
+                    {
+                        d.status_entry = crate::k8s::dra::StatusEntry::Pending;
+                    }
+                    cache.store(&record)?;
                     publish_claims(c, pod, &attachments, &results, &mut record)?;
                 }
             }
@@ -855,6 +867,12 @@ fn publish_claims(
             }
             Ok(None) => {}
             Err(e) => {
+                // Those not tried yet were never written; this one may have been.
+                for a in record.attachments.iter_mut().skip(i + 1) {
+                    if let Some(d) = a.claim.as_mut() {
+                        d.status_entry = crate::k8s::dra::StatusEntry::None;
+                    }
+                }
                 withdraw_claims(c, &mut record.attachments, &pod_who);
                 return Err(e);
             }
@@ -883,7 +901,7 @@ pub(crate) fn publish_one(
     };
     let data = crate::k8s::dra::NetworkData::from_result(&a.ifname, r);
     let message = format!(
-        "plexus attached {} of pod {pod_who} for network {}",
+        "{} of pod {pod_who} for network {}",
         a.ifname, a.status_name
     );
     c.publish_claim_device(dev, &data, &message)

@@ -157,6 +157,25 @@ pub struct Sources<'a> {
 /// - a pod: its cluster network (or the `v1.multus-cni.io/default-network` one), the
 ///   `defaultNetworks` (not for `systemNamespaces`), then each network its annotation selects.
 pub fn resolve(conf: &NetConf, src: Sources<'_>) -> Result<PodNetworks, CniError> {
+    resolve_holding(conf, src, &[])
+}
+
+/// A device a running sandbox's attachment holds (hot-plug): the selection element it came from
+/// keeps it, and no other network is given it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub nad: String,
+    pub interface: Option<String>,
+    pub occurrence: usize,
+    pub device_id: String,
+}
+
+/// [`resolve`] for a sandbox whose attachments hold `held` devices.
+pub fn resolve_holding(
+    conf: &NetConf,
+    src: Sources<'_>,
+    held: &[Held],
+) -> Result<PodNetworks, CniError> {
     conf.require_networks()?;
     let Some(view) = src.cluster else {
         let mut all = conf
@@ -244,67 +263,92 @@ pub fn resolve(conf: &NetConf, src: Sources<'_>) -> Result<PodNetworks, CniError
         view,
         pod,
         &crate::k8s::devices::Kubelet::of(conf),
+        held,
     )?;
     Ok(networks)
 }
 
-/// Give each network whose NAD names a resource a device the kubelet allocated to this pod, in
-/// order, and put its ID in every plugin's config (`deviceID`, `pciBusID`), as SR-IOV and other
-/// device plugins' CNIs expect. The pod's devices are read only if some network needs one.
+/// Give each network whose NAD names a resource a device allocated to this pod (by the kubelet
+/// or a DRA claim), and put its ID in every plugin's config (`deviceID`, `pciBusID`), as SR-IOV
+/// and other device plugins' CNIs expect. Networks that name their device (`deviceID`,
+/// `plexus.io/deviceRequest`, or one a running sandbox holds) get it first; the others then take
+/// the free ones in order. The pod's devices are read only if some network needs one.
 fn assign_devices(
     networks: &mut PodNetworks,
     view: &dyn ClusterView,
     pod: &Pod,
     kubelet: &crate::k8s::devices::Kubelet,
+    held: &[Held],
 ) -> Result<(), CniError> {
-    let mut allocator: Option<Allocator> = None;
-    for n in std::iter::once(&mut networks.cluster).chain(networks.extras.iter_mut()) {
-        let Some(resource) = n.resource.clone() else {
-            if let Some(id) = &n.device_id {
-                return Err(invalid_config(format!(
-                    "network {}: deviceID \"{id}\" was asked for, but the NAD names no {RESOURCE_NAME_ANNOTATION} to check it against",
-                    n.status_name
-                )));
-            }
-            if let Some((claim, request)) = &n.device_request {
-                return Err(invalid_config(format!(
-                    "network {}: {DEVICE_REQUEST_KEY} \"{claim}/{request}\" was asked for, but the NAD names no {RESOURCE_NAME_ANNOTATION} to match the device against",
-                    n.status_name
-                )));
+    let mut all: Vec<&mut PodNetwork> = std::iter::once(&mut networks.cluster)
+        .chain(networks.extras.iter_mut())
+        .collect();
+    for n in all.iter_mut() {
+        if n.resource.is_some() {
+            if n.device_id.is_none() && n.device_request.is_none() {
+                let kept = n.selection.as_ref().and_then(|s| {
+                    held.iter().find(|h| {
+                        h.nad == s.nad && h.interface == s.interface && h.occurrence == s.occurrence
+                    })
+                });
+                n.device_id = kept.map(|h| h.device_id.clone());
             }
             continue;
-        };
-        let alloc = match &mut allocator {
-            Some(a) => a,
-            None => allocator.insert(Allocator::with_claims(
-                view.pod_devices(pod, kubelet)?,
-                view.claim_devices(pod)?,
-            )),
-        };
-        let (id, claim) = match &n.device_request {
-            Some((claim, request)) => {
-                alloc.take_request(&resource, claim, request, &n.status_name)?
+        }
+        if let Some(id) = &n.device_id {
+            return Err(invalid_config(format!(
+                "network {}: deviceID \"{id}\" was asked for, but the NAD names no {RESOURCE_NAME_ANNOTATION} to check it against",
+                n.status_name
+            )));
+        }
+        if let Some((claim, request)) = &n.device_request {
+            return Err(invalid_config(format!(
+                "network {}: {DEVICE_REQUEST_KEY} \"{claim}/{request}\" was asked for, but the NAD names no {RESOURCE_NAME_ANNOTATION} to match the device against",
+                n.status_name
+            )));
+        }
+    }
+    let mut allocator: Option<Allocator> = None;
+    for named in [true, false] {
+        for n in all.iter_mut() {
+            let Some(resource) = n.resource.clone() else {
+                continue;
+            };
+            if (n.device_id.is_some() || n.device_request.is_some()) != named {
+                continue;
             }
-            None => alloc.take(&resource, n.device_id.as_deref(), &n.status_name)?,
-        };
-        n.claim = claim;
-        let mut value: Value =
-            serde_json::from_str(&n.network.bytes).map_err(|e| invalid_config(e.to_string()))?;
-        let with_id = |p: &mut Value| {
-            p["deviceID"] = Value::String(id.clone());
-            p["pciBusID"] = Value::String(id.clone());
-        };
-        match value.get_mut("plugins").and_then(Value::as_array_mut) {
-            Some(plugins) => plugins.iter_mut().for_each(with_id),
-            None => with_id(&mut value),
+            let alloc = match &mut allocator {
+                Some(a) => a,
+                None => allocator.insert(Allocator::with_claims(
+                    view.pod_devices(pod, kubelet)?,
+                    view.claim_devices(pod)?,
+                )),
+            };
+            let (id, claim) = match &n.device_request {
+                Some((claim, request)) => {
+                    alloc.take_request(&resource, claim, request, &n.status_name)?
+                }
+                None => alloc.take(&resource, n.device_id.as_deref(), &n.status_name)?,
+            };
+            n.claim = claim;
+            let mut value: Value = serde_json::from_str(&n.network.bytes)
+                .map_err(|e| invalid_config(e.to_string()))?;
+            let with_id = |p: &mut Value| {
+                p["deviceID"] = Value::String(id.clone());
+                p["pciBusID"] = Value::String(id.clone());
+            };
+            match value.get_mut("plugins").and_then(Value::as_array_mut) {
+                Some(plugins) => plugins.iter_mut().for_each(with_id),
+                None => with_id(&mut value),
+            }
+            n.network = Network::from_value(value, &n.network.source)?;
+            if declares(&n.network, "deviceID") {
+                n.inputs
+                    .capability_args
+                    .insert("deviceID".into(), Value::String(id.clone()));
+            }
+            n.device_id = Some(id);
         }
-        n.network = Network::from_value(value, &n.network.source)?;
-        if declares(&n.network, "deviceID") {
-            n.inputs
-                .capability_args
-                .insert("deviceID".into(), Value::String(id.clone()));
-        }
-        n.device_id = Some(id);
     }
     Ok(())
 }

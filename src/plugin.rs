@@ -168,22 +168,28 @@ fn connect_with(
 ) -> crate::engine::Connect {
     let conf = conf.clone();
     let daemon = crate::shim::socket_dir(stdin);
+    // Built once per call however many records need it (GC).
+    let built: std::sync::OnceLock<Option<Arc<dyn Cluster>>> = std::sync::OnceLock::new();
     Arc::new(move || {
-        if creds.is_some() {
-            return match ApiView::connect(&conf, creds.clone()) {
-                Ok(v) => v.map(|a| Arc::new(a) as Arc<dyn Cluster>),
-                Err(e) => {
-                    tracing::warn!("API client: {e}");
-                    None
+        built
+            .get_or_init(|| {
+                if creds.is_some() {
+                    return match ApiView::connect(&conf, creds.clone()) {
+                        Ok(v) => v.map(|a| Arc::new(a) as Arc<dyn Cluster>),
+                        Err(e) => {
+                            tracing::warn!("API client: {e}");
+                            None
+                        }
+                    };
                 }
-            };
-        }
-        daemon.clone().map(|dir| {
-            Arc::new(crate::shim::DaemonClaims {
-                dir,
-                timeout: conf.api_timeout + std::time::Duration::from_secs(5),
-            }) as Arc<dyn Cluster>
-        })
+                daemon.clone().map(|dir| {
+                    Arc::new(crate::shim::DaemonClaims {
+                        dir,
+                        timeout: conf.api_timeout + std::time::Duration::from_secs(5),
+                    }) as Arc<dyn Cluster>
+                })
+            })
+            .clone()
     })
 }
 

@@ -1433,11 +1433,13 @@ fn check_pod(ctx: &Ctx, obj: &Map<String, Value>, template_path: &[&str], out: &
                     driver: "offline".into(),
                     pool: "offline".into(),
                     device: id.clone(),
+                    share_id: None,
                     status_entry: Default::default(),
                 },
                 resource_name: Some(r.clone()),
                 device_id: Some(id),
                 shared_with: vec![],
+                unpublished: None,
             });
         }
         view.devices.0.insert(r, ids);

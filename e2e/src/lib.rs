@@ -1080,7 +1080,7 @@ pub mod dra {
         let results: Vec<Value> = results
             .iter()
             .map(|(req, drv, pool, dev)| json!({"request": req, "driver": drv, "pool": pool, "device": dev}))
-            .collect();
+            .collect::<Vec<Value>>();
         let reserved: Vec<Value> = pods
             .iter()
             .map(|(n, uid)| json!({"resource": "pods", "name": n, "uid": uid}))
@@ -1089,8 +1089,11 @@ pub mod dra {
             "metadata": {"name": name, "namespace": ns},
             "spec": {"devices": {"requests": [{"name": "vf"}]}},
             "status": {"reservedFor": reserved}});
-        if !results.is_empty() {
-            c["status"]["allocation"] = json!({"devices": {"results": results}});
+        if let Some(pool) = results.first().map(|r| r["pool"].clone()) {
+            // Node-local devices: the pools are named after their nodes.
+            c["status"]["allocation"] = json!({"devices": {"results": results},
+                "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
+                    {"key": "metadata.name", "operator": "In", "values": [pool]}]}]}});
         }
         c
     }

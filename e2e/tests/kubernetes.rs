@@ -1017,6 +1017,14 @@ fn dra_scenario(mode: Mode, tag: &str, subnet: &str, version: &str) {
         "node-2",
         &[("vf-a", Some(("example.com/dra_vf", "elsewhere")))],
     ));
+    // A claim allocated on another node: the daemon does not keep it.
+    c.api.create_one(dra::claim(
+        version,
+        "default",
+        "z-net",
+        &[("z", "uid-z")],
+        &[("vf", driver, "node-2", "vf-a")],
+    ));
     c.api.create_one(dra::claim(
         version,
         "default",
@@ -1099,7 +1107,8 @@ fn dra_scenario(mode: Mode, tag: &str, subnet: &str, version: &str) {
     );
 
     if let Some(d) = &c._daemon {
-        // The daemon's watch cache holds this node's two slices and the four claims.
+        // The daemon's watch cache holds this node's two slices and the three claims allocated
+        // here (not node-2's, not the unallocated one).
         let t = Instant::now();
         while metric(
             &d.metrics(),
@@ -1108,7 +1117,7 @@ fn dra_scenario(mode: Mode, tag: &str, subnet: &str, version: &str) {
             || metric(
                 &d.metrics(),
                 r#"plexus_watch_cache_objects{kind="resourceclaims"}"#,
-            ) < 4.0
+            ) < 3.0
         {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
@@ -1116,6 +1125,13 @@ fn dra_scenario(mode: Mode, tag: &str, subnet: &str, version: &str) {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        assert_eq!(
+            metric(
+                &d.metrics(),
+                r#"plexus_watch_cache_objects{kind="resourceclaims"}"#
+            ),
+            3.0
+        );
     }
     c.api.clear_requests();
     c.env

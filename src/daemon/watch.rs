@@ -10,7 +10,7 @@ use crate::k8s::client::{dra_api, ApiDra, ApiView};
 use crate::k8s::devices::PodDevices;
 use crate::k8s::dra::{self, DraDevice, DraSource};
 use crate::k8s::{ClusterView, NetworkAttachmentDefinition, Reporter};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -55,6 +55,35 @@ fn trim_claim(o: &mut DynamicObject) {
     }
 }
 
+/// A claim allocated to devices this node can reach: its allocation's node selector names this
+/// node by `metadata.name`, selects by labels (not evaluated here: kept), or there is none (the
+/// devices are reachable from every node). An unallocated claim is not kept.
+fn allocated_here(o: &DynamicObject, node: &str) -> bool {
+    let alloc = &o.data["status"]["allocation"];
+    if alloc.is_null() {
+        return false;
+    }
+    let Some(terms) = alloc["nodeSelector"]["nodeSelectorTerms"].as_array() else {
+        return true;
+    };
+    terms.iter().any(|t| {
+        let fields = t["matchFields"].as_array().cloned().unwrap_or_default();
+        let by_name: Vec<&serde_json::Value> = fields
+            .iter()
+            .filter(|f| f["key"] == "metadata.name")
+            .collect();
+        if by_name.is_empty() {
+            return true;
+        }
+        by_name.iter().all(|f| {
+            f["operator"] == "In"
+                && f["values"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x == node))
+        })
+    })
+}
+
 fn json(o: &DynamicObject) -> serde_json::Value {
     serde_json::to_value(o).unwrap_or_default()
 }
@@ -96,6 +125,11 @@ impl DraSource for CachedDra<'_> {
         }
         tracing::debug!("no ResourceSlice of {driver} in the watch cache: one LIST");
         self.api.slices(node, driver)
+    }
+
+    fn all_slices(&self, driver: &str) -> Result<Vec<serde_json::Value>, CniError> {
+        tracing::debug!("a device of {driver} not in the cached slices: one LIST of the driver's");
+        self.api.all_slices(driver)
     }
 }
 
@@ -345,12 +379,24 @@ async fn watch_dra(
     tracing::info!(
         "watching resource.k8s.io/{version} ResourceClaims and this node's ResourceSlices"
     );
+    let here = node.clone();
     let claim_stream = watcher(
         Api::<DynamicObject>::all_with(client.clone(), &claim_type),
         watcher::Config::default(),
     )
     .default_backoff()
     .modify(trim_claim)
+    // Only claims allocated to this node are kept (one that stops being so is dropped).
+    .try_filter_map(move |ev| {
+        let ev = match ev {
+            watcher::Event::InitApply(o) if !allocated_here(&o, &here) => None,
+            watcher::Event::Apply(o) if !allocated_here(&o, &here) => {
+                Some(watcher::Event::Delete(o))
+            }
+            other => Some(other),
+        };
+        std::future::ready(Ok(ev))
+    })
     .reflect(claims_writer);
     let m = metrics.clone();
     tokio::spawn(async move {
@@ -421,6 +467,40 @@ mod tests {
             "spec": {"nodeName": "n1", "volumes": [{"name": "v"}],
                      "containers": [{"name": "c", "command": ["sh"], "env": [{"name": "SECRET", "value": "x"}]}]}}))
         .unwrap()
+    }
+
+    #[test]
+    fn only_claims_allocated_to_this_node_are_kept() {
+        let claim = |alloc: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(
+                json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                "metadata": {"name": "c", "namespace": "ns"}, "status": {"allocation": alloc}}),
+            )
+            .unwrap()
+        };
+        let on = |nodes: &[&str]| {
+            json!({"devices": {"results": []}, "nodeSelector": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": nodes}]}]}})
+        };
+        assert!(allocated_here(&claim(on(&["n1"])), "n1"));
+        assert!(allocated_here(&claim(on(&["n0", "n1"])), "n1"));
+        assert!(!allocated_here(&claim(on(&["n2"])), "n1"));
+        // No node selector: reachable from every node; a label selector: not judged here.
+        assert!(allocated_here(
+            &claim(json!({"devices": {"results": []}})),
+            "n1"
+        ));
+        assert!(allocated_here(
+            &claim(
+                json!({"nodeSelector": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}]}})
+            ),
+            "n1"
+        ));
+        assert!(
+            !allocated_here(&claim(serde_json::Value::Null), "n1"),
+            "not allocated"
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@ use crate::k8s::{
     annotation, ClusterView, NetworkAttachmentDefinition, Reporter, NETWORK_STATUS_ANNOTATION,
 };
 use crate::plan::{
-    declares, nad_network, plan_hotplug, resolve, Attachment, PodNetwork, SelectionRef, Sources,
+    declares, nad_network, plan_hotplug, resolve_holding, Attachment, PodNetwork, SelectionRef,
+    Sources,
 };
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
@@ -220,14 +221,29 @@ impl Engine {
         if out.rolled_back > 0 {
             cache.store(&record)?;
         }
-        // What the pod asks for now, planned exactly as an ADD would.
-        let networks = match resolve(
+        // What the pod asks for now, planned exactly as an ADD would; what stays keeps its
+        // device, and no new network is given one an attachment holds.
+        let held: Vec<crate::plan::Held> = record
+            .attachments
+            .iter()
+            .filter_map(|a| {
+                let s = a.selection.as_ref()?;
+                Some(crate::plan::Held {
+                    nad: s.nad.clone(),
+                    interface: s.interface.clone(),
+                    occurrence: s.occurrence,
+                    device_id: a.device.as_ref()?.1.clone(),
+                })
+            })
+            .collect();
+        let networks = match resolve_holding(
             &conf,
             Sources {
                 files: files.as_ref(),
                 cluster: self.cluster.as_deref().map(|c| c as &dyn ClusterView),
                 pod: Some(pod),
             },
+            &held,
         ) {
             Ok(n) => n,
             Err(e) => {

@@ -969,11 +969,13 @@ fn claim_view() -> MemoryView {
             driver: "d".into(),
             pool: "n1".into(),
             device: "vf-1".into(),
+            share_id: None,
             status_entry: Default::default(),
         },
         resource_name: Some("example.com/vf".into()),
         device_id: Some("0000:5e:00.1".into()),
         shared_with: vec![],
+        unpublished: None,
     }];
     view
 }

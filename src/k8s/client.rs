@@ -208,7 +208,11 @@ impl ApiView {
             return Ok(*v);
         }
         let v = self.rt.block_on(dra_api::discover(&self.client))??;
-        Ok(*self.dra_version.get_or_init(|| v))
+        // A server without DRA is asked again next time (it may be upgraded under a daemon).
+        if let Some(v) = v {
+            let _ = self.dra_version.set(Some(v));
+        }
+        Ok(v)
     }
 
     fn dra_version_or_err(&self, what: &str) -> Result<&'static str, CniError> {

@@ -342,11 +342,18 @@ impl Allocator {
         if self.others.is_empty() {
             return String::new();
         }
-        let list: Vec<String> = self.others.iter().map(|d| d.at.to_string()).collect();
-        format!(
-            "; passed over for lack of the {RESOURCE_NAME_ATTRIBUTE} and {DEVICE_ID_ATTRIBUTE} attributes: {}",
-            list.join(", ")
-        )
+        let list: Vec<String> = self
+            .others
+            .iter()
+            .map(|d| match &d.unpublished {
+                Some(why) => format!("{} ({why})", d.at),
+                None => format!(
+                    "{} (no {RESOURCE_NAME_ATTRIBUTE} and {DEVICE_ID_ATTRIBUTE} attributes)",
+                    d.at
+                ),
+            })
+            .collect();
+        format!("; claim devices passed over: {}", list.join(", "))
     }
 
     /// The next free ID of `resource`; or `wanted` (a selection's `deviceID`) if it was
@@ -391,8 +398,15 @@ impl Allocator {
         request: &str,
         network: &str,
     ) -> Result<Taken, CniError> {
+        // A request names its results, and a subrequest's too (`<request>/<subrequest>`, the
+        // alternative a `firstAvailable` request was allocated).
         let is = |d: &DraDevice| {
-            (d.at.pod_claim == claim || d.at.claim == claim) && d.at.request == request
+            (d.at.pod_claim == claim || d.at.claim == claim)
+                && (d.at.request == request
+                    || d.at
+                        .request
+                        .strip_prefix(request)
+                        .is_some_and(|rest| rest.starts_with('/')))
         };
         let err = |msg: String| {
             CniError::new(
@@ -403,13 +417,21 @@ impl Allocator {
         let mut mine: Vec<&DraDevice> = self.claimed.values().filter(|d| is(d)).collect();
         mine.sort_by(|a, b| a.at.device.cmp(&b.at.device));
         if mine.is_empty() {
-            return Err(err(match self.others.iter().find(|d| is(d)) {
-                Some(d) => format!(
+            return Err(match self.others.iter().find(|d| is(d)) {
+                Some(DraDevice {
+                    at,
+                    unpublished: Some(why),
+                    ..
+                }) => CniError::new(
+                    Code::TRY_AGAIN_LATER,
+                    format!("network {network}: {DEVICE_REQUEST_KEY} \"{claim}/{request}\": {at}: {why}"),
+                ),
+                Some(d) => err(format!(
                     "{} has no {RESOURCE_NAME_ATTRIBUTE} and {DEVICE_ID_ATTRIBUTE} attributes: not a network device",
                     d.at
-                ),
-                None => "no such claim request allocated a device to this pod".into(),
-            }));
+                )),
+                None => err("no such claim request allocated a device to this pod".into()),
+            });
         }
         let Some(d) = mine.iter().find(|d| {
             d.resource_name.as_deref() == Some(resource)
@@ -592,11 +614,13 @@ mod tests {
                 driver: "d".into(),
                 pool: "n1".into(),
                 device: device.into(),
+                share_id: None,
                 status_entry: Default::default(),
             },
             resource_name: attrs.map(|a| a.0.to_string()),
             device_id: attrs.map(|a| a.1.to_string()),
             shared_with: vec![],
+            unpublished: None,
         }
     }
 
@@ -639,6 +663,7 @@ mod tests {
             "pod-gpu-x",
             "request \"g\"",
             "gpu-0",
+            "no k8s.cni.cncf.io/resourceName",
         ] {
             assert!(e.msg.contains(part), "{part}: {}", e.msg);
         }
@@ -680,6 +705,26 @@ mod tests {
         );
         let e = a.take_request(r, "c", "vf", "ns/w").unwrap_err();
         assert!(e.msg.contains("no such claim request"), "{}", e.msg);
+        // A subrequest's device answers to its request's name; an unpublished device is a
+        // reason to try again.
+        let mut gone = dra("c", "late", "vf-9", None);
+        gone.unpublished = Some("no ResourceSlice of driver d on node n1 publishes it".into());
+        let mut a = Allocator::with_claims(
+            PodDevices::default(),
+            vec![dra("c", "vfs/fast", "vf-5", Some((r, "id-5"))), gone],
+        );
+        assert_eq!(a.take_request(r, "c", "vfs", "ns/s").unwrap().0, "id-5");
+        assert!(
+            a.take_request(r, "c", "vf", "ns/s").is_err(),
+            "a prefix is not a request"
+        );
+        let e = a.take_request(r, "c", "late", "ns/s").unwrap_err();
+        assert_eq!(e.code, Code::TRY_AGAIN_LATER);
+        assert!(
+            e.msg.contains("vf-9") && e.msg.contains("publishes"),
+            "{}",
+            e.msg
+        );
         // A claim shared with another pod never gives its network device to this one.
         let mut shared = dra("a", "vf", "vf-1", Some((r, "id-1")));
         shared.shared_with = vec!["ns/other".into()];

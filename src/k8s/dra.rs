@@ -35,6 +35,9 @@ pub enum StatusEntry {
     /// Nothing (yet).
     #[default]
     None,
+    /// About to be written (kept in the record before the write, so a crash right after it
+    /// still has DEL look): DEL takes out plexus's entry or `networkData`, whichever is there.
+    Pending,
     /// Added the device's entry: DEL removes it.
     Created,
     /// Set `networkData` on an entry that was there (the driver's): DEL removes only that.
@@ -42,7 +45,7 @@ pub enum StatusEntry {
 }
 
 /// A device a claim allocated to the pod: which claim and request, and the device's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimDevice {
     pub namespace: String,
@@ -55,6 +58,9 @@ pub struct ClaimDevice {
     pub driver: String,
     pub pool: String,
     pub device: String,
+    /// The allocation's `shareID` (a device shared through consumable capacity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
     #[serde(default)]
     pub status_entry: StatusEntry,
 }
@@ -70,13 +76,15 @@ impl std::fmt::Display for ClaimDevice {
 }
 
 /// A claim's device and what its slice says of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DraDevice {
     pub at: ClaimDevice,
     pub resource_name: Option<String>,
     pub device_id: Option<String>,
     /// Other pods the claim is reserved for: a network device cannot be in two pods.
     pub shared_with: Vec<String>,
+    /// Why its attributes are unknown: no slice on the node publishes it (yet).
+    pub unpublished: Option<String>,
 }
 
 impl DraDevice {
@@ -90,8 +98,15 @@ impl DraDevice {
 pub trait DraSource {
     /// The claim as JSON, or `None` if it does not exist.
     fn claim(&self, namespace: &str, name: &str) -> Result<Option<Value>, CniError>;
-    /// The ResourceSlices of `driver` on `node` (all nodes' when the pod names none), as JSON.
+    /// The ResourceSlices of `driver` on `node` (all nodes' when the pod names none), as JSON;
+    /// from a cache, where there is one.
     fn slices(&self, node: Option<&str>, driver: &str) -> Result<Vec<Value>, CniError>;
+    /// Every ResourceSlice of `driver`, from the API: asked when a device is in none of the
+    /// node's slices (a pool published for a node selector or all nodes has no `nodeName`; a
+    /// cache may be behind a republished pool).
+    fn all_slices(&self, driver: &str) -> Result<Vec<Value>, CniError> {
+        self.slices(None, driver)
+    }
 }
 
 /// The pod's claims in its status order: (the pod's name for it, the ResourceClaim's name). A
@@ -130,7 +145,6 @@ pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, C
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let err = |msg: String| CniError::new(Code::INVALID_CONFIG, format!("pod {pod_who}: {msg}"));
     let mut slices: HashMap<String, Vec<Value>> = HashMap::new();
     let mut out = vec![];
     for (pod_claim, name) in claims {
@@ -166,18 +180,45 @@ pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, C
                 driver: s(&r["driver"]),
                 pool: s(&r["pool"]),
                 device: s(&r["device"]),
+                share_id: r["shareID"]
+                    .as_str()
+                    .filter(|x| !x.is_empty())
+                    .map(String::from),
                 status_entry: StatusEntry::None,
             };
             if !slices.contains_key(&at.driver) {
                 let got = src.slices(node.as_deref(), &at.driver)?;
                 slices.insert(at.driver.clone(), got);
             }
-            let Some(device) = find_device(&slices[&at.driver], &at.pool, &at.device) else {
-                return Err(err(format!(
-                    "{at}: no ResourceSlice of driver {} on node {} publishes it",
-                    at.driver,
-                    node.as_deref().unwrap_or("(none)")
-                )));
+            let mut device = find_device(&slices[&at.driver], &at.pool, &at.device).cloned();
+            if device.is_none() {
+                // Not in the node's slices: ask for every slice of the driver, keeping those of
+                // this node and those that name no node (node selector, all nodes).
+                let wide: Vec<Value> = src
+                    .all_slices(&at.driver)?
+                    .into_iter()
+                    .filter(|sl| {
+                        let n = &sl["spec"]["nodeName"];
+                        n.is_null()
+                            || n.as_str() == Some("")
+                            || node.as_deref().is_none_or(|want| n == want)
+                    })
+                    .collect();
+                device = find_device(&wide, &at.pool, &at.device).cloned();
+                slices.insert(at.driver.clone(), wide);
+            }
+            let Some(device) = device else {
+                out.push(DraDevice {
+                    unpublished: Some(format!(
+                        "no ResourceSlice of driver {} on node {} publishes it",
+                        at.driver,
+                        node.as_deref().unwrap_or("(none)")
+                    )),
+                    shared_with: shared_with.clone(),
+                    at,
+                    ..Default::default()
+                });
+                continue;
             };
             let attrs = if device["attributes"].is_object() {
                 &device["attributes"]
@@ -190,6 +231,7 @@ pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, C
                 device_id: attr(DEVICE_ID_ATTRIBUTE),
                 shared_with: shared_with.clone(),
                 at,
+                unpublished: None,
             });
         }
     }
@@ -264,16 +306,37 @@ fn same_device(entry: &Value, dev: &ClaimDevice) -> bool {
     entry["driver"] == dev.driver.as_str()
         && entry["pool"] == dev.pool.as_str()
         && entry["device"] == dev.device.as_str()
-        && entry["shareID"].as_str().is_none_or(str::is_empty)
+        && entry["shareID"].as_str().filter(|x| !x.is_empty()) == dev.share_id.as_deref()
+}
+
+/// The reason of the `Ready` condition on an entry plexus made.
+const READY_REASON: &str = "NetworkInterfaceReady";
+/// How the message of that condition starts.
+const READY_BY: &str = "plexus attached ";
+
+/// An entry plexus made: its `Ready` condition says so.
+fn is_plexus_entry(entry: &Value) -> bool {
+    entry["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c["type"] == "Ready"
+                && c["reason"] == READY_REASON
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(READY_BY))
+        })
 }
 
 /// Put `data` into the claim's `status.devices` entry for `dev`: a new entry (with a `Ready`
-/// condition saying plexus attached it), or `networkData` set on the entry already there.
+/// condition saying plexus attached it), or `networkData` set on the entry already there (the
+/// driver's; plexus's own from an earlier ADD is made again).
 pub fn put_network_data(
     claim: &mut Value,
     dev: &ClaimDevice,
     data: &NetworkData,
-    message: &str,
+    what: &str,
     now: &str,
 ) -> StatusEntry {
     if !claim["status"].is_object() {
@@ -283,20 +346,29 @@ pub fn put_network_data(
         claim["status"]["devices"] = json!([]);
     }
     let devices = claim["status"]["devices"].as_array_mut().expect("just set");
-    if let Some(e) = devices.iter_mut().find(|e| same_device(e, dev)) {
-        e["networkData"] = data.to_value();
-        return StatusEntry::Merged;
+    if let Some(i) = devices.iter().position(|e| same_device(e, dev)) {
+        if !is_plexus_entry(&devices[i]) {
+            devices[i]["networkData"] = data.to_value();
+            return StatusEntry::Merged;
+        }
+        devices.remove(i);
     }
-    devices.push(json!({
+    let mut entry = json!({
         "driver": dev.driver, "pool": dev.pool, "device": dev.device,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "NetworkInterfaceReady",
-                        "message": message, "lastTransitionTime": now}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": READY_REASON,
+                        "message": format!("{READY_BY}{what}"), "lastTransitionTime": now}],
         "networkData": data.to_value(),
-    }));
+    });
+    if let Some(id) = &dev.share_id {
+        entry["shareID"] = json!(id);
+    }
+    devices.push(entry);
     StatusEntry::Created
 }
 
-/// Take plexus's part out of the claim's status again; false if there was nothing to take.
+/// Take plexus's part out of the claim's status again: the entry, if plexus made it (its
+/// condition says so, whatever the caller believes), else `networkData` when plexus set it;
+/// false if there was nothing to take.
 pub fn remove_network_data(claim: &mut Value, dev: &ClaimDevice) -> bool {
     let Some(devices) = claim["status"]["devices"].as_array_mut() else {
         return false;
@@ -304,15 +376,15 @@ pub fn remove_network_data(claim: &mut Value, dev: &ClaimDevice) -> bool {
     let Some(i) = devices.iter().position(|e| same_device(e, dev)) else {
         return false;
     };
+    if is_plexus_entry(&devices[i]) {
+        devices.remove(i);
+        return true;
+    }
     match dev.status_entry {
-        StatusEntry::Created => {
-            devices.remove(i);
-            true
-        }
-        StatusEntry::Merged => devices[i]
+        StatusEntry::Merged | StatusEntry::Pending => devices[i]
             .as_object_mut()
             .is_some_and(|e| e.remove("networkData").is_some()),
-        StatusEntry::None => false,
+        StatusEntry::Created | StatusEntry::None => false,
     }
 }
 
@@ -579,17 +651,35 @@ mod tests {
         );
         m.slices
             .push(slice("sriov.example.com", "n1", "n1", 1, &[("vf-1", NET)]));
-        let e = claim_devices(&pod(&[("net", Some("c"))]), &m).unwrap_err();
+        // Another node's slice with that device does not count.
+        m.slices
+            .push(slice("sriov.example.com", "n2", "n1", 1, &[("vf-9", NET)]));
+        // A device no slice of the node publishes is not a network device (yet): it is
+        // returned with the reason, for the allocator to name if a network needed it.
+        let got = claim_devices(&pod(&[("net", Some("c"))]), &m).unwrap();
+        assert!(!got[0].is_network());
+        let why = format!("{} ({})", got[0].at, got[0].unpublished.as_deref().unwrap());
         for part in [
-            "ns/p",
             "claim ns/c",
             "request \"vf\"",
             "device vf-9",
             "driver sriov.example.com",
             "node n1",
         ] {
-            assert!(e.msg.contains(part), "{part}: {}", e.msg);
+            assert!(why.contains(part), "{part}: {why}");
         }
+        assert_eq!(
+            m.slice_reads.get(),
+            2,
+            "the node's slices, then every slice of the driver"
+        );
+        // A pool published for all nodes (no nodeName) is found in the second look.
+        let mut wide = slice("sriov.example.com", "n1", "n1", 1, &[("vf-9", NET)]);
+        wide["spec"].as_object_mut().unwrap().remove("nodeName");
+        wide["spec"]["allNodes"] = json!(true);
+        m.slices.push(wide);
+        let got = claim_devices(&pod(&[("net", Some("c"))]), &m).unwrap();
+        assert!(got[0].is_network(), "{got:?}");
     }
 
     #[test]
@@ -613,6 +703,7 @@ mod tests {
             driver: "d".into(),
             pool: "n1".into(),
             device: "vf-1".into(),
+            share_id: None,
             status_entry: entry,
         }
     }

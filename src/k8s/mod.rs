@@ -90,6 +90,7 @@ pub trait Reporter {
     fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError>;
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str);
     /// Write `data` into the claim's `status.devices` for the device; says what it did.
+    /// `message` says what was attached (the entry's condition: "plexus attached <message>").
     fn publish_claim_device(
         &self,
         _dev: &dra::ClaimDevice,
