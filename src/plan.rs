@@ -1155,6 +1155,62 @@ mod resolve_tests {
     }
 
     #[test]
+    fn networks_naming_their_device_get_it_before_the_others_take_theirs() {
+        use crate::k8s::dra::{ClaimDevice, DraDevice};
+        let r = "example.com/vf";
+        let mut v = view().with_device_nad("ns1", "vf", &nad_cfg("vf", "sriov"), r);
+        let dev = |claim: &str, id: &str| DraDevice {
+            at: ClaimDevice {
+                namespace: "ns1".into(),
+                claim: format!("p-{claim}"),
+                pod_claim: claim.into(),
+                request: "vf".into(),
+                driver: "d".into(),
+                pool: "n1".into(),
+                device: id.into(),
+                ..Default::default()
+            },
+            resource_name: Some(r.into()),
+            device_id: Some(id.into()),
+            ..Default::default()
+        };
+        v.claims = vec![dev("net", "id-1"), dev("other", "id-2")];
+        // The first element takes by order, the second names net/vf: id-1 stays its.
+        let ann = r#"[{"name":"vf"},{"name":"vf","plexus.io/deviceRequest":"net/vf"}]"#;
+        let (v2, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
+        let res = resolve_pod(&conf(json!({})), &v2, &p).unwrap();
+        assert_eq!(res.extras[0].device_id.as_deref(), Some("id-2"));
+        assert_eq!(res.extras[1].device_id.as_deref(), Some("id-1"));
+        assert_eq!(res.extras[1].claim.as_ref().unwrap().claim, "p-net");
+        // Hot-plug: a device a running attachment holds stays its, whatever the order.
+        let (v3, p) = pod(
+            &v,
+            "ns1",
+            &[(crate::k8s::NETWORKS_ANNOTATION, "vf@new, vf@old")],
+        );
+        let held = [Held {
+            nad: "ns1/vf".into(),
+            interface: Some("old".into()),
+            occurrence: 0,
+            device_id: "id-1".into(),
+        }];
+        let c = conf(json!({}));
+        let files = ConfDir(c.conf_dir.clone());
+        let res = resolve_holding(
+            &c,
+            Sources {
+                files: &files,
+                cluster: Some(&v3),
+                pod: Some(&p),
+            },
+            &held,
+        )
+        .unwrap();
+        assert_eq!(res.extras[0].device_id.as_deref(), Some("id-2"));
+        assert_eq!(res.extras[1].device_id.as_deref(), Some("id-1"));
+    }
+
+    #[test]
     fn resource_nads_take_distinct_devices_in_every_plugin() {
         let r = "intel.com/sriov";
         let list = json!({"cniVersion": "1.0.0", "name": "vf", "plugins": [

@@ -950,51 +950,78 @@ mod hotplug {
     }
 }
 
-fn claim_view() -> MemoryView {
+/// A device of claim `claim` (the pod calls it `net`), and the claim object itself.
+fn claim_device(claim: &str, device: &str, id: &str) -> crate::k8s::dra::DraDevice {
     use crate::k8s::dra::{ClaimDevice, DraDevice};
+    DraDevice {
+        at: ClaimDevice {
+            namespace: "ns1".into(),
+            claim: claim.into(),
+            pod_claim: "net".into(),
+            request: "vf".into(),
+            driver: "d".into(),
+            pool: "n1".into(),
+            device: device.into(),
+            ..Default::default()
+        },
+        resource_name: Some("example.com/vf".into()),
+        device_id: Some(id.into()),
+        ..Default::default()
+    }
+}
+
+fn claim_object(name: &str, devices: Value) -> Value {
+    json!({"metadata": {"name": name, "namespace": "ns1"},
+           "status": {"allocation": {"devices": {"results": []}}, "devices": devices}})
+}
+
+/// Pod ns1/p asking for `networks` of NAD `vf` (resource example.com/vf), with one claim device.
+fn claim_view_for(networks: &str) -> MemoryView {
     let mut view = MemoryView::default()
-        .with_pod("ns1", "p", &[("k8s.v1.cni.cncf.io/networks", "vf")])
+        .with_pod("ns1", "p", &[("k8s.v1.cni.cncf.io/networks", networks)])
         .with_device_nad(
             "ns1",
             "vf",
             &Node::net("vf", json!({})).to_string(),
             "example.com/vf",
         );
-    view.claims = vec![DraDevice {
-        at: ClaimDevice {
-            namespace: "ns1".into(),
-            claim: "p-net-x".into(),
-            pod_claim: "net".into(),
-            request: "vf".into(),
-            driver: "d".into(),
-            pool: "n1".into(),
-            device: "vf-1".into(),
-            share_id: None,
-            status_entry: Default::default(),
-        },
-        resource_name: Some("example.com/vf".into()),
-        device_id: Some("0000:5e:00.1".into()),
-        shared_with: vec![],
-        unpublished: None,
-    }];
+    view.claims = vec![claim_device("p-net-x", "vf-1", "0000:5e:00.1")];
+    view.claim_objects.lock().unwrap().insert(
+        ("ns1".into(), "p-net-x".into()),
+        claim_object("p-net-x", json!([])),
+    );
     view
+}
+
+fn claim_view() -> MemoryView {
+    claim_view_for("vf")
+}
+
+fn entries(view: &MemoryView, claim: &str) -> Value {
+    view.claim_objects.lock().unwrap()[&("ns1".to_string(), claim.to_string())]["status"]["devices"]
+        .clone()
+}
+
+const POD_ARGS: &str = "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p";
+
+fn claim_conf(n: &Node) -> NetConf {
+    n.conf(
+        "plexus",
+        "1.0.0",
+        vec![Node::net("a", json!({}))],
+        json!({"kubeconfig": "/dev/null"}),
+    )
 }
 
 #[test]
 fn a_claim_device_gets_its_network_data_written_to_the_claim_and_taken_out_on_del() {
     use crate::k8s::dra::StatusEntry;
     let n = Node::new();
-    let c = n.conf(
-        "plexus",
-        "1.0.0",
-        vec![Node::net("a", json!({}))],
-        json!({"kubeconfig": "/dev/null"}),
-    );
+    let c = claim_conf(&n);
     let view = claim_view();
     let reports = view.reports.clone();
-    let e = engine(Some(view));
-    let args = "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p";
-    add(&e, &req("ADD", "c1", args), &c).unwrap();
+    let e = engine(Some(view.clone()));
+    add(&e, &req("ADD", "c1", POD_ARGS), &c).unwrap();
     let recs = n.records();
     let a = &recs[0].attachments[1];
     assert_eq!(
@@ -1006,58 +1033,132 @@ fn a_claim_device_gets_its_network_data_written_to_the_claim_and_taken_out_on_de
         .as_ref()
         .expect("the claim it came from is recorded");
     assert_eq!(claim.status_entry, StatusEntry::Created);
+    let got = entries(&view, "p-net-x");
+    assert_eq!(got[0]["device"], "vf-1");
+    assert_eq!(got[0]["networkData"]["interfaceName"], "net1");
+    assert_eq!(got[0]["conditions"][0]["reason"], "NetworkInterfaceReady");
     {
         let r = reports.lock().unwrap();
-        assert!(
-            r.iter()
-                .any(|l| l.starts_with("claim ns1/p-net-x vf-1 net1")),
-            "{r:?}"
-        );
         // The claim is written before network-status, which says the ADD is done.
         let claim_at = r.iter().position(|l| l.starts_with("claim ")).unwrap();
         let status_at = r.iter().position(|l| l.starts_with("status ")).unwrap();
         assert!(claim_at < status_at, "{r:?}");
     }
-    e.del(&req("DEL", "c1", args), Some(&c)).unwrap();
+    e.del(&req("DEL", "c1", POD_ARGS), Some(&c)).unwrap();
     assert!(n.records().is_empty());
-    assert!(reports
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l == "unclaim ns1/p-net-x vf-1"));
+    assert_eq!(entries(&view, "p-net-x"), json!([]));
 }
 
 #[test]
-fn a_failed_claim_write_rolls_back_and_del_has_nothing_to_take_out() {
+fn the_drivers_entry_gets_network_data_only_and_keeps_the_rest_after_del() {
+    use crate::k8s::dra::StatusEntry;
     let n = Node::new();
-    let c = n.conf(
-        "plexus",
-        "1.0.0",
-        vec![Node::net("a", json!({}))],
-        json!({"kubeconfig": "/dev/null"}),
+    let c = claim_conf(&n);
+    let view = claim_view();
+    let driver_entry = json!({"driver": "d", "pool": "n1", "device": "vf-1",
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Prepared", "message": "the driver"}]});
+    view.claim_objects.lock().unwrap().insert(
+        ("ns1".into(), "p-net-x".into()),
+        claim_object("p-net-x", json!([driver_entry])),
     );
-    let view = MemoryView {
-        fail_status: true,
-        ..claim_view()
-    };
+    let e = engine(Some(view.clone()));
+    add(&e, &req("ADD", "c1", POD_ARGS), &c).unwrap();
+    assert_eq!(
+        n.records()[0].attachments[1]
+            .claim
+            .as_ref()
+            .unwrap()
+            .status_entry,
+        StatusEntry::Merged
+    );
+    assert_eq!(
+        entries(&view, "p-net-x")[0]["networkData"]["interfaceName"],
+        "net1"
+    );
+    e.del(&req("DEL", "c1", POD_ARGS), Some(&c)).unwrap();
+    assert_eq!(entries(&view, "p-net-x"), json!([driver_entry]));
+}
+
+#[test]
+fn a_second_add_without_del_leaves_one_entry_that_del_then_removes() {
+    let n = Node::new();
+    let c = claim_conf(&n);
+    let view = claim_view();
+    let e = engine(Some(view.clone()));
+    add(&e, &req("ADD", "c1", POD_ARGS), &c).unwrap();
+    add(&e, &req("ADD", "c1", POD_ARGS), &c).unwrap();
+    let got = entries(&view, "p-net-x");
+    assert_eq!(got.as_array().unwrap().len(), 1, "{got}");
+    assert_eq!(
+        n.records()[0].attachments[1]
+            .claim
+            .as_ref()
+            .unwrap()
+            .status_entry,
+        crate::k8s::dra::StatusEntry::Created,
+        "plexus's own entry is not taken for the driver's"
+    );
+    e.del(&req("DEL", "c1", POD_ARGS), Some(&c)).unwrap();
+    assert_eq!(entries(&view, "p-net-x"), json!([]));
+}
+
+#[test]
+fn a_failed_claim_write_rolls_back_and_takes_out_what_was_written() {
+    let n = Node::new();
+    let c = claim_conf(&n);
+    // Two claim networks; the second's claim is gone by the time its status is written.
+    let mut view = claim_view_for("vf, vf");
+    view.claims
+        .push(claim_device("p-gone-x", "vf-2", "0000:5e:00.2"));
     let reports = view.reports.clone();
-    let e = engine(Some(view));
-    let args = "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p";
-    let err = add(&e, &req("ADD", "c1", args), &c).unwrap_err();
+    let e = engine(Some(view.clone()));
+    let err = add(&e, &req("ADD", "c1", POD_ARGS), &c).unwrap_err();
     assert!(
-        err.msg.contains("p-net-x") && err.msg.contains("ns1/vf"),
+        err.msg.contains("p-gone-x") && err.msg.contains("ns1/vf"),
         "{}",
         err.msg
     );
     assert_eq!(
         n.log(),
-        ["ADD a eth0", "ADD vf net1", "DEL vf net1", "DEL a eth0"]
+        [
+            "ADD a eth0",
+            "ADD vf net1",
+            "ADD vf net2",
+            "DEL vf net2",
+            "DEL vf net1",
+            "DEL a eth0"
+        ]
     );
     assert!(n.records().is_empty());
-    let r = reports.lock().unwrap();
-    assert!(
-        !r.iter()
-            .any(|l| l.starts_with("claim ") || l.starts_with("status ")),
-        "{r:?}"
+    assert_eq!(
+        entries(&view, "p-net-x"),
+        json!([]),
+        "the first write was taken out"
     );
+    let r = reports.lock().unwrap();
+    assert!(!r.iter().any(|l| l.starts_with("status ")), "{r:?}");
+}
+
+#[test]
+fn a_del_without_a_cluster_connects_to_take_the_network_data_out() {
+    let n = Node::new();
+    let c = claim_conf(&n);
+    let view = claim_view();
+    add(&engine(Some(view.clone())), &req("ADD", "c1", POD_ARGS), &c).unwrap();
+    assert_eq!(entries(&view, "p-net-x").as_array().unwrap().len(), 1);
+    // As the plugin's DEL: no cluster, one built on demand (once).
+    let mut e = engine(None);
+    let built = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (v, b) = (view.clone(), built.clone());
+    e.connect = Some(Arc::new(move || {
+        b.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Arc::new(v.clone()) as Arc<dyn Cluster>)
+    }));
+    e.del(&req("DEL", "c1", POD_ARGS), Some(&c)).unwrap();
+    assert_eq!(entries(&view, "p-net-x"), json!([]));
+    assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Nothing to take out: no cluster is built.
+    add(&engine(None), &req("ADD", "c2", ""), &c).unwrap();
+    e.del(&req("DEL", "c2", ""), Some(&c)).unwrap();
+    assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -139,6 +139,10 @@ pub struct MemoryView {
     pub nads: HashMap<(String, String), NetworkAttachmentDefinition>,
     pub devices: devices::PodDevices,
     pub claims: Vec<dra::DraDevice>,
+    /// ResourceClaims by (namespace, name), whose status publish/withdraw edit as the API
+    /// would; a claim not here is gone (its status write fails).
+    pub claim_objects:
+        std::sync::Arc<std::sync::Mutex<HashMap<(String, String), serde_json::Value>>>,
     pub reports: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub fail_status: bool,
 }
@@ -250,22 +254,32 @@ impl Reporter for MemoryView {
         &self,
         dev: &dra::ClaimDevice,
         data: &dra::NetworkData,
-        _message: &str,
+        message: &str,
     ) -> Result<dra::StatusEntry, CniError> {
-        if self.fail_status {
+        let mut claims = self.claim_objects.lock().unwrap();
+        let Some(claim) = claims.get_mut(&(dev.namespace.clone(), dev.claim.clone())) else {
             return Err(CniError::new(
                 Code::TRY_AGAIN_LATER,
-                format!("writing the status of {dev}: injected failure"),
+                format!("writing the status of {dev}: the claim is gone"),
             ));
-        }
+        };
+        let entry = dra::put_network_data(claim, dev, data, message, "2026-01-01T00:00:00Z");
         self.reports.lock().unwrap().push(format!(
             "claim {}/{} {} {} {:?}",
             dev.namespace, dev.claim, dev.device, data.interface_name, data.ips
         ));
-        Ok(dra::StatusEntry::Created)
+        Ok(entry)
     }
 
     fn withdraw_claim_device(&self, dev: &dra::ClaimDevice) -> Result<(), CniError> {
+        if let Some(claim) = self
+            .claim_objects
+            .lock()
+            .unwrap()
+            .get_mut(&(dev.namespace.clone(), dev.claim.clone()))
+        {
+            dra::remove_network_data(claim, dev);
+        }
         self.reports.lock().unwrap().push(format!(
             "unclaim {}/{} {}",
             dev.namespace, dev.claim, dev.device
