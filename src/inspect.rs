@@ -56,6 +56,10 @@
 //!       "ips": [string],                CIDR addresses of the interface, from the result
 //!       "mac": string | null,           of the sandbox interface named like ifname
 //!       "device": {"resource": string, "id": string} | null,
+//!       "claim": null | {               the DRA claim the device came from
+//!         "namespace", "claim", "podClaim", "request", "driver", "pool", "device": string,
+//!         "statusEntry": "none" | "pending" | "created" | "merged"   what plexus wrote to it
+//!       },
 //!       "state": "ok" | "add-pending" | "del-failed",
 //!       "stateText": string,            the same, in words
 //!       "problems": [string]            what could not be read (config, result)
@@ -454,6 +458,7 @@ struct AttachmentView {
     ips: Vec<String>,
     mac: Option<String>,
     device: Option<(String, String)>,
+    claim: Option<crate::k8s::dra::ClaimDevice>,
     state: &'static str,
     state_text: String,
     problems: Vec<String>,
@@ -526,6 +531,7 @@ impl AttachmentView {
             ips,
             mac,
             device: a.device.clone(),
+            claim: a.claim.clone(),
             state,
             state_text,
             problems,
@@ -549,6 +555,9 @@ impl AttachmentView {
             "ips": self.ips,
             "mac": self.mac,
             "device": self.device.as_ref().map(|(r, id)| json!({"resource": r, "id": id})),
+            "claim": self.claim.as_ref().map(|c| json!({"namespace": c.namespace, "claim": c.claim,
+                "podClaim": c.pod_claim, "request": c.request, "driver": c.driver, "pool": c.pool,
+                "device": c.device, "statusEntry": c.status_entry})),
             "state": self.state,
             "stateText": self.state_text,
             "problems": self.problems,
@@ -701,10 +710,13 @@ impl<'a> SandboxView<'a> {
                     a.ips.join(",")
                 },
                 a.mac.clone().unwrap_or_else(|| "-".into()),
-                a.device
-                    .as_ref()
-                    .map(|(r, id)| format!("{id} ({r})"))
-                    .unwrap_or_else(|| "-".into()),
+                match (&a.device, &a.claim) {
+                    (Some((r, id)), Some(c)) => {
+                        format!("{id} ({r}, claim {}/{})", c.claim, c.request)
+                    }
+                    (Some((r, id)), None) => format!("{id} ({r})"),
+                    (None, _) => "-".into(),
+                },
                 a.state_text.clone(),
             ]);
         }

@@ -175,6 +175,26 @@ fn cache() -> tempfile::TempDir {
         ],
     ))
     .unwrap();
+    // A VF from a DRA claim, its ADD cut short after the claim's status was marked pending.
+    let mut storage = attachment(
+        "net1",
+        "ns1/storage",
+        false,
+        json!({"cniVersion": "1.0.0", "name": "storage", "plugins": [{"type": "sriov"}, {"type": "tuning"}]}),
+        None,
+    );
+    storage.device = Some(("example.com/vf".into(), "0000:5e:00.2".into()));
+    storage.claim = Some(plexus::k8s::dra::ClaimDevice {
+        namespace: "ns1".into(),
+        claim: "db-0-net-7xk2q".into(),
+        pod_claim: "net".into(),
+        request: "vf".into(),
+        driver: "sriov.example.com".into(),
+        pool: "node-1".into(),
+        device: "vf-2".into(),
+        share_id: None,
+        status_entry: plexus::k8s::dra::StatusEntry::Pending,
+    });
     c.store(&record(
         "plexus",
         PENDING_ID,
@@ -187,13 +207,7 @@ fn cache() -> tempfile::TempDir {
                 cbr0(),
                 Some(json!({"cniVersion": "1.0.0", "ips": [{"address": "10.88.0.9/16"}]})),
             ),
-            attachment(
-                "net1",
-                "ns1/storage",
-                false,
-                json!({"cniVersion": "1.0.0", "name": "storage", "plugins": [{"type": "bridge"}, {"type": "tuning"}]}),
-                None,
-            ),
+            storage,
         ],
     ))
     .unwrap();
@@ -322,6 +336,13 @@ fn inspect_one_sandbox_without_a_daemon() {
     let r = inspect(&d, &["ns1/db-0"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     golden("inspect-pending.txt", &normalize(&r.stdout, &d));
+    let r = inspect(&d, &["ns1/db-0", "--output", "json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["sandboxes"][0]["attachments"][1]["claim"],
+        json!({"namespace": "ns1", "claim": "db-0-net-7xk2q", "podClaim": "net", "request": "vf",
+            "driver": "sriov.example.com", "pool": "node-1", "device": "vf-2", "statusEntry": "pending"})
+    );
     let r = inspect(&d, &[DEL_FAILED_ID]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     golden("inspect-del-failed.txt", &normalize(&r.stdout, &d));
@@ -346,7 +367,7 @@ fn inspect_one_sandbox_without_a_daemon() {
         json!({"ifname": "eth0", "network": "cbr0", "statusName": "cbr0", "nad": null,
             "cluster": true, "chain": "bridge+portmap", "plugins": ["bridge", "portmap"],
             "cniVersion": "1.0.0", "ips": ["10.88.0.5/16"], "mac": "0a:58:0a:58:00:05",
-            "device": null, "state": "ok", "stateText": "ok", "problems": []})
+            "device": null, "claim": null, "state": "ok", "stateText": "ok", "problems": []})
     );
     assert_eq!(a[1]["nad"], "ns1/macvlan-conf");
     assert_eq!(a[1]["ips"], json!(["10.1.0.5/24", "fd00:1::5/64"]));
