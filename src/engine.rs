@@ -470,18 +470,16 @@ impl Engine {
                 if chain.cni_args.is_empty() {
                     chain.cni_args = record.cni_args.clone();
                 }
-                let mut gone = vec![];
-                let r = del_record(
+                let who = req.who();
+                del_record(
                     self.netns.as_ref(),
                     &chain,
                     &cache,
                     lock,
                     record,
-                    &req.who(),
-                    &mut gone,
-                );
-                self.withdraw_gone(&mut gone, &req.who());
-                r
+                    &who,
+                    &|gone| self.withdraw_gone(gone, &who),
+                )
             }
             Loaded::Unreadable(why) => {
                 tracing::warn!("DEL for {}: cache unreadable ({why}); deleting the configured networks without prevResult", req.who());
@@ -671,7 +669,6 @@ impl Engine {
                 who: who.clone(),
                 ..self.chain(call, None)
             };
-            let mut gone = vec![];
             if let Err(e) = del_record(
                 self.netns.as_ref(),
                 &chain,
@@ -679,11 +676,10 @@ impl Engine {
                 lock,
                 record,
                 &who,
-                &mut gone,
+                &|gone| self.withdraw_gone(gone, &who),
             ) {
                 errors.push(e);
             }
-            self.withdraw_gone(&mut gone, &who);
         }
 
         // Forward GC, each network with the attachments of its own that are still valid.
@@ -946,6 +942,22 @@ fn undo(
     let failed = chain.del_attachments(record);
     if failed.is_empty() {
         sweep_strays(ops, chain, record);
+        // Network data a claim still holds (taking it out failed): kept, with what it belongs
+        // to, for the runtime's DEL to try again.
+        let unwithdrawn: Vec<AttachmentRecord> = record
+            .attachments
+            .iter()
+            .filter(|a| published(a))
+            .cloned()
+            .collect();
+        if !unwithdrawn.is_empty() {
+            record.attachments = unwithdrawn;
+            record.links_before = None;
+            if let Err(e) = cache.store(record) {
+                tracing::error!("rollback: keeping claim data for the runtime's DEL: {e}");
+            }
+            return cause;
+        }
         match cache.remove(&record.key()) {
             Ok(()) => lock.remove(),
             Err(e) => tracing::error!("rollback: {e}"),
@@ -1024,7 +1036,8 @@ fn sweep_scope(record: &SandboxRecord) -> crate::netns::SweepScope {
 
 /// DEL a record's attachments; remove the record when all are gone, else keep the failed ones
 /// for the next DEL, giving up after [`MAX_DEL_ATTEMPTS`] so the pod is never stranded.
-/// `gone` gets the attachments that are gone from the record (DELeted, or given up on).
+/// `withdraw` takes plexus's network data out of the DRA claims of the attachments that go
+/// (DELeted, or given up on), before the record says they are gone.
 fn del_record(
     ops: &dyn NetnsOps,
     chain: &Chain,
@@ -1032,16 +1045,17 @@ fn del_record(
     lock: Lock,
     mut record: SandboxRecord,
     who: &str,
-    gone: &mut Vec<AttachmentRecord>,
+    withdraw: &dyn Fn(&mut [AttachmentRecord]),
 ) -> Result<(), CniError> {
     let failed = chain.del_attachments(&record);
-    gone.extend(
-        record
-            .attachments
-            .iter()
-            .filter(|a| !failed.iter().any(|(f, _)| f == *a))
-            .cloned(),
-    );
+    // Before the record changes: a DEL killed after this does it again (both are idempotent).
+    let mut gone: Vec<AttachmentRecord> = record
+        .attachments
+        .iter()
+        .filter(|a| !failed.iter().any(|(f, _)| f == *a))
+        .cloned()
+        .collect();
+    withdraw(&mut gone);
     if failed.is_empty() {
         sweep_strays(ops, chain, &record);
         cache.remove(&record.key())?;
@@ -1051,7 +1065,8 @@ fn del_record(
     record.del_attempts += 1;
     let errors: Vec<CniError> = failed.iter().map(|(_, e)| e.clone()).collect();
     if record.del_attempts >= MAX_DEL_ATTEMPTS {
-        gone.extend(failed.iter().map(|(a, _)| a.clone()));
+        let mut given_up: Vec<AttachmentRecord> = failed.iter().map(|(a, _)| a.clone()).collect();
+        withdraw(&mut given_up);
         tracing::error!(
             "DEL for {who}: giving up after {} attempts; these may be left behind: {}",
             record.del_attempts,

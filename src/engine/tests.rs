@@ -1162,3 +1162,38 @@ fn a_del_without_a_cluster_connects_to_take_the_network_data_out() {
     e.del(&req("DEL", "c2", ""), Some(&c)).unwrap();
     assert_eq!(built.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[test]
+fn claim_data_a_rollback_could_not_take_out_is_left_for_the_runtimes_del() {
+    let n = Node::new();
+    let c = claim_conf(&n);
+    let mut view = claim_view_for("vf, vf");
+    view.claims
+        .push(claim_device("p-gone-x", "vf-2", "0000:5e:00.2"));
+    view.fail_withdraw
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = engine(Some(view.clone()));
+    add(&e, &req("ADD", "c1", POD_ARGS), &c).unwrap_err();
+    let recs = n.records();
+    assert_eq!(recs.len(), 1, "kept: the claim still holds plexus's data");
+    // net1's data is there; net2's write may have landed before its claim went (pending).
+    let kept: Vec<&str> = recs[0]
+        .attachments
+        .iter()
+        .map(|a| a.ifname.as_str())
+        .collect();
+    assert_eq!(kept, ["net1", "net2"]);
+    assert_eq!(entries(&view, "p-net-x").as_array().unwrap().len(), 1);
+    // The API server answers again: the runtime's DEL takes it out and the record goes.
+    view.fail_withdraw
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    n.clear_log();
+    e.del(&req("DEL", "c1", POD_ARGS), Some(&c)).unwrap();
+    assert_eq!(
+        n.log(),
+        ["DEL vf net2", "DEL vf net1"],
+        "DEL again is harmless"
+    );
+    assert_eq!(entries(&view, "p-net-x"), json!([]));
+    assert!(n.records().is_empty());
+}

@@ -145,6 +145,8 @@ pub struct MemoryView {
         std::sync::Arc<std::sync::Mutex<HashMap<(String, String), serde_json::Value>>>,
     pub reports: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub fail_status: bool,
+    /// Taking network data out of a claim fails while this is set.
+    pub fail_withdraw: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemoryView {
@@ -272,6 +274,12 @@ impl Reporter for MemoryView {
     }
 
     fn withdraw_claim_device(&self, dev: &dra::ClaimDevice) -> Result<(), CniError> {
+        if self.fail_withdraw.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CniError::new(
+                Code::TRY_AGAIN_LATER,
+                format!("writing the status of {dev}: injected failure"),
+            ));
+        }
         if let Some(claim) = self
             .claim_objects
             .lock()
