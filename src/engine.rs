@@ -211,6 +211,15 @@ impl Engine {
             sweep_strays(self.netns.as_ref(), &chain, &stale);
             if let Some(c) = self.cluster.as_deref() {
                 withdraw_claims(c, &mut stale.attachments, &who);
+                if stale.attachments.iter().any(published) {
+                    // Kept for the next try (an ADD again, or the runtime's DEL).
+                    stale.attachments.retain(published);
+                    cache.store(&stale)?;
+                    return Err(CniError::new(
+                        Code::TRY_AGAIN_LATER,
+                        format!("ADD for {who}: an earlier ADD's network data could not be taken out of its DRA claims"),
+                    ));
+                }
             }
             cache.remove(&key)?;
         }
@@ -266,12 +275,8 @@ impl Engine {
                 if attachments.iter().any(|a| a.claim.is_some()) {
                     chain.check_live()?;
                     // Recorded before the writes: a crash after one still has DEL look.
-                    for d in record
-                        .attachments
-                        .iter_mut()
-                        .filter_map(|a| a.claim.as_mut())
-                    {
-                        d.status_entry = crate::k8s::dra::StatusEntry::Pending;
+                    for a in record.attachments.iter_mut() {
+                        mark_pending(a, req.container_id());
                     }
                     cache.store(&record)?;
                     publish_claims(c, pod, &attachments, &results, &mut record)?;
@@ -855,7 +860,10 @@ fn publish_claims(
 ) -> Result<(), CniError> {
     let pod_who = pod_name(pod);
     for (i, (a, r)) in attachments.iter().zip(results).enumerate() {
-        match publish_one(c, &pod_who, a, r) {
+        let Some(dev) = record.attachments[i].claim.clone() else {
+            continue;
+        };
+        match publish_one(c, &pod_who, &dev, a, r) {
             Ok(Some(entry)) => {
                 if let Some(d) = record.attachments[i].claim.as_mut() {
                     d.status_entry = entry;
@@ -885,20 +893,29 @@ pub(crate) fn pod_name(pod: &Pod) -> String {
     )
 }
 
-/// Write one attachment's network data into its claim's status, if its device came from one.
+/// Mark an attachment's claim data as about to be written, for this sandbox and interface.
+pub(crate) fn mark_pending(a: &mut AttachmentRecord, sandbox: &str) {
+    if let Some(d) = a.claim.as_mut() {
+        d.status_entry = crate::k8s::dra::StatusEntry::Pending;
+        d.interface = Some(a.ifname.clone());
+        d.sandbox = Some(sandbox.to_string());
+    }
+}
+
+/// Write one attachment's network data into its claim's status (`dev`, as its record has it).
 pub(crate) fn publish_one(
     c: &dyn Reporter,
     pod_who: &str,
+    dev: &crate::k8s::dra::ClaimDevice,
     a: &Attachment,
     r: &CniResult,
 ) -> Result<Option<crate::k8s::dra::StatusEntry>, CniError> {
-    let Some(dev) = &a.claim else {
-        return Ok(None);
-    };
     let data = crate::k8s::dra::NetworkData::from_result(&a.ifname, r);
     let message = format!(
-        "{} of pod {pod_who} for network {}",
-        a.ifname, a.status_name
+        "{} of pod {pod_who} {} for network {}",
+        a.ifname,
+        crate::k8s::dra::sandbox_mark(dev.sandbox.as_deref().unwrap_or("")),
+        a.status_name
     );
     c.publish_claim_device(dev, &data, &message)
         .map(Some)

@@ -270,9 +270,10 @@ pub fn resolve_holding(
 
 /// Give each network whose NAD names a resource a device allocated to this pod (by the kubelet
 /// or a DRA claim), and put its ID in every plugin's config (`deviceID`, `pciBusID`), as SR-IOV
-/// and other device plugins' CNIs expect. Networks that name their device (`deviceID`,
-/// `plexus.io/deviceRequest`, or one a running sandbox holds) get it first; the others then take
-/// the free ones in order. The pod's devices are read only if some network needs one.
+/// and other device plugins' CNIs expect. Devices a running sandbox holds (hot-plug) go first to
+/// the networks that hold them, then networks that name their device (`deviceID`,
+/// `plexus.io/deviceRequest`) get it, and the others take the free ones in order. The pod's
+/// devices are read only if some network needs one.
 fn assign_devices(
     networks: &mut PodNetworks,
     view: &dyn ClusterView,
@@ -283,16 +284,16 @@ fn assign_devices(
     let mut all: Vec<&mut PodNetwork> = std::iter::once(&mut networks.cluster)
         .chain(networks.extras.iter_mut())
         .collect();
+    // The device a running sandbox's attachment holds, for the network that is that attachment.
+    let holds = |n: &PodNetwork| -> Option<String> {
+        let s = n.selection.as_ref()?;
+        held.iter()
+            .find(|h| h.nad == s.nad && h.interface == s.interface && h.occurrence == s.occurrence)
+            .map(|h| h.device_id.clone())
+    };
+    let kept: Vec<Option<String>> = all.iter().map(|n| holds(n)).collect();
     for n in all.iter_mut() {
         if n.resource.is_some() {
-            if n.device_id.is_none() && n.device_request.is_none() {
-                let kept = n.selection.as_ref().and_then(|s| {
-                    held.iter().find(|h| {
-                        h.nad == s.nad && h.interface == s.interface && h.occurrence == s.occurrence
-                    })
-                });
-                n.device_id = kept.map(|h| h.device_id.clone());
-            }
             continue;
         }
         if let Some(id) = &n.device_id {
@@ -309,12 +310,20 @@ fn assign_devices(
         }
     }
     let mut allocator: Option<Allocator> = None;
-    for named in [true, false] {
-        for n in all.iter_mut() {
+    // Held devices first, then those named, then the rest by order.
+    for pass in 0..3 {
+        for (n, kept) in all.iter_mut().zip(&kept) {
             let Some(resource) = n.resource.clone() else {
                 continue;
             };
-            if (n.device_id.is_some() || n.device_request.is_some()) != named {
+            let kind = if kept.is_some() {
+                0
+            } else if n.device_id.is_some() || n.device_request.is_some() {
+                1
+            } else {
+                2
+            };
+            if kind != pass {
                 continue;
             }
             let alloc = match &mut allocator {
@@ -325,10 +334,18 @@ fn assign_devices(
                 )),
             };
             let (id, claim) = match &n.device_request {
-                Some((claim, request)) => {
-                    alloc.take_request(&resource, claim, request, &n.status_name)?
-                }
-                None => alloc.take(&resource, n.device_id.as_deref(), &n.status_name)?,
+                Some((claim, request)) => alloc.take_request(
+                    &resource,
+                    claim,
+                    request,
+                    kept.as_deref(),
+                    &n.status_name,
+                )?,
+                None => alloc.take(
+                    &resource,
+                    n.device_id.as_deref().or(kept.as_deref()),
+                    &n.status_name,
+                )?,
             };
             n.claim = claim;
             let mut value: Value = serde_json::from_str(&n.network.bytes)
@@ -1201,6 +1218,22 @@ mod resolve_tests {
             Sources {
                 files: &files,
                 cluster: Some(&v3),
+                pod: Some(&p),
+            },
+            &held,
+        )
+        .unwrap();
+        assert_eq!(res.extras[0].device_id.as_deref(), Some("id-2"));
+        assert_eq!(res.extras[1].device_id.as_deref(), Some("id-1"));
+        // The same when both name one request: the one that stays keeps what it holds.
+        v.claims = vec![dev("net", "id-1"), dev("net", "id-2")];
+        let ann = r#"[{"name":"vf","interface":"new","plexus.io/deviceRequest":"net/vf"},{"name":"vf","interface":"old","plexus.io/deviceRequest":"net/vf"}]"#;
+        let (v4, p) = pod(&v, "ns1", &[(crate::k8s::NETWORKS_ANNOTATION, ann)]);
+        let res = resolve_holding(
+            &c,
+            Sources {
+                files: &files,
+                cluster: Some(&v4),
                 pod: Some(&p),
             },
             &held,

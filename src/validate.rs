@@ -1434,6 +1434,8 @@ fn check_pod(ctx: &Ctx, obj: &Map<String, Value>, template_path: &[&str], out: &
                     pool: "offline".into(),
                     device: id.clone(),
                     share_id: None,
+                    interface: None,
+                    sandbox: None,
                     status_entry: Default::default(),
                 },
                 resource_name: Some(r.clone()),

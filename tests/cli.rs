@@ -193,6 +193,8 @@ fn cache() -> tempfile::TempDir {
         pool: "node-1".into(),
         device: "vf-2".into(),
         share_id: None,
+        interface: None,
+        sandbox: None,
         status_entry: plexus::k8s::dra::StatusEntry::Pending,
     });
     c.store(&record(

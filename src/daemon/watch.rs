@@ -37,8 +37,8 @@ pub struct WatchView {
     dra: Arc<std::sync::OnceLock<DraCache>>,
 }
 
-/// The DRA part of the watch cache: every ResourceClaim (status only) and the ResourceSlices of
-/// this node, in the resource.k8s.io version the API server offers.
+/// The DRA part of the watch cache: the ResourceClaims allocated to this node (status only) and
+/// the ResourceSlices of this node, in the resource.k8s.io version the API server offers.
 pub struct DraCache {
     pub version: &'static str,
     claims: Store<DynamicObject>,

@@ -206,6 +206,9 @@ impl Engine {
                 ..record.clone()
             };
             if chain.del_attachments(&one).is_empty() {
+                if let Some(c) = self.cluster.as_deref() {
+                    super::withdraw_claims(c, &mut [a.clone()], &chain.who);
+                }
                 tracing::warn!(
                     "{}: rolled back {} ({}), left pending by an interrupted hot-plug",
                     chain.who,
@@ -470,8 +473,13 @@ fn attach_one(
         })
         .and_then(|r| {
             record.attachments[at].result = Some(r.to_value(a.network.cni_version)?);
-            if let Some((c, pod)) = report {
-                if let Some(entry) = super::publish_one(c, &super::pod_name(pod), a, &r)? {
+            if let Some((c, pod)) = report.filter(|_| a.claim.is_some()) {
+                // Recorded before the write, as in an ADD.
+                let sandbox = record.container_id.clone();
+                super::mark_pending(&mut record.attachments[at], &sandbox);
+                cache.store(record)?;
+                let dev = record.attachments[at].claim.clone().expect("a claim");
+                if let Some(entry) = super::publish_one(c, &super::pod_name(pod), &dev, a, &r)? {
                     if let Some(d) = record.attachments[at].claim.as_mut() {
                         d.status_entry = entry;
                     }
@@ -486,6 +494,9 @@ fn attach_one(
         }
         Err(e) => {
             let e = e.context(format!("hot-plug of {} into {}", a.status_name, chain.who));
+            if let Some((c, _)) = report {
+                super::withdraw_claims(c, &mut record.attachments[at..=at], &chain.who);
+            }
             record.attachments[at].result = None;
             let one = SandboxRecord {
                 attachments: vec![record.attachments[at].clone()],

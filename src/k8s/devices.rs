@@ -374,8 +374,10 @@ impl Allocator {
                 ))
             }
             None => ids.iter().find(|i| !self.taken.contains(i)).cloned().ok_or_else(|| {
+                // A device no slice publishes yet may be the one: try again later.
+                let lagging = self.others.iter().any(|d| d.unpublished.is_some());
                 CniError::new(
-                    Code::INVALID_CONFIG,
+                    if lagging { Code::TRY_AGAIN_LATER } else { Code::INVALID_CONFIG },
                     format!(
                         "network {network}: no free {resource} device: the kubelet and the pod's claims allocated {} to this pod ({ids:?}) and all are taken by earlier networks{}",
                         ids.len(),
@@ -391,11 +393,13 @@ impl Allocator {
 
     /// The device that request `request` of the pod's claim `claim` (the pod's name for it, or
     /// the ResourceClaim's) allocated: it must be a free network device of `resource`.
+    /// `wanted`: the device it must be (one a running sandbox holds).
     pub fn take_request(
         &mut self,
         resource: &str,
         claim: &str,
         request: &str,
+        wanted: Option<&str>,
         network: &str,
     ) -> Result<Taken, CniError> {
         // A request names its results, and a subrequest's too (`<request>/<subrequest>`, the
@@ -435,6 +439,7 @@ impl Allocator {
         }
         let Some(d) = mine.iter().find(|d| {
             d.resource_name.as_deref() == Some(resource)
+                && wanted.is_none_or(|w| d.device_id.as_deref() == Some(w))
                 && !self
                     .taken
                     .iter()
@@ -444,10 +449,15 @@ impl Allocator {
                 .iter()
                 .map(|d| format!("{} of {}", d.at, d.resource_name.as_deref().unwrap_or("")))
                 .collect();
-            return Err(err(format!(
+            let mut e = err(format!(
                 "no free device of {resource} (the NAD's {RESOURCE_NAME_ANNOTATION}) among {}",
                 what.join(", ")
-            )));
+            ));
+            // Another device of the request no slice publishes yet may be the one.
+            if self.others.iter().any(|d| is(d) && d.unpublished.is_some()) {
+                e.code = Code::TRY_AGAIN_LATER;
+            }
+            return Err(e);
         };
         let id = d.device_id.clone().expect("a network device");
         let claim = self.claim_of(resource, &id, network)?;
@@ -615,6 +625,8 @@ mod tests {
                 pool: "n1".into(),
                 device: device.into(),
                 share_id: None,
+                interface: None,
+                sandbox: None,
                 status_entry: Default::default(),
             },
             resource_name: attrs.map(|a| a.0.to_string()),
@@ -682,28 +694,31 @@ mod tests {
         };
         let mut a = Allocator::with_claims(PodDevices::default(), claims());
         // By the pod's name for the claim, or the ResourceClaim's.
-        assert_eq!(a.take_request(r, "b", "vf", "ns/x").unwrap().0, "id-2");
         assert_eq!(
-            a.take_request(r, "pod-a-x", "vf", "ns/y").unwrap().0,
+            a.take_request(r, "b", "vf", None, "ns/x").unwrap().0,
+            "id-2"
+        );
+        assert_eq!(
+            a.take_request(r, "pod-a-x", "vf", None, "ns/y").unwrap().0,
             "id-1"
         );
         // Order-based networks get what is left; a request's device is not handed out twice.
         assert!(a.take(r, None, "ns/z").is_err());
-        let e = a.take_request(r, "b", "vf", "ns/w").unwrap_err();
+        let e = a.take_request(r, "b", "vf", None, "ns/w").unwrap_err();
         assert!(e.msg.contains("no free device"), "{}", e.msg);
-        let e = a.take_request(r, "b", "fast", "ns/w").unwrap_err();
+        let e = a.take_request(r, "b", "fast", None, "ns/w").unwrap_err();
         assert!(
             e.msg.contains("example.com/other") && e.msg.contains("vf-3"),
             "{}",
             e.msg
         );
-        let e = a.take_request(r, "gpu", "g", "ns/w").unwrap_err();
+        let e = a.take_request(r, "gpu", "g", None, "ns/w").unwrap_err();
         assert!(
             e.msg.contains("not a network device") && e.msg.contains("gpu-0"),
             "{}",
             e.msg
         );
-        let e = a.take_request(r, "c", "vf", "ns/w").unwrap_err();
+        let e = a.take_request(r, "c", "vf", None, "ns/w").unwrap_err();
         assert!(e.msg.contains("no such claim request"), "{}", e.msg);
         // A subrequest's device answers to its request's name; an unpublished device is a
         // reason to try again.
@@ -713,13 +728,36 @@ mod tests {
             PodDevices::default(),
             vec![dra("c", "vfs/fast", "vf-5", Some((r, "id-5"))), gone],
         );
-        assert_eq!(a.take_request(r, "c", "vfs", "ns/s").unwrap().0, "id-5");
+        assert_eq!(
+            a.take_request(r, "c", "vfs", None, "ns/s").unwrap().0,
+            "id-5"
+        );
         assert!(
-            a.take_request(r, "c", "vf", "ns/s").is_err(),
+            a.take_request(r, "c", "vf", None, "ns/s").is_err(),
             "a prefix is not a request"
         );
-        let e = a.take_request(r, "c", "late", "ns/s").unwrap_err();
+        let e = a.take_request(r, "c", "late", None, "ns/s").unwrap_err();
         assert_eq!(e.code, Code::TRY_AGAIN_LATER);
+        // Order-based: none free while one is unpublished is also a reason to try again.
+        assert_eq!(
+            a.take(r, None, "ns/o").unwrap_err().code,
+            Code::TRY_AGAIN_LATER
+        );
+        // A held device: exactly that one.
+        let mut a = Allocator::with_claims(
+            PodDevices::default(),
+            vec![
+                dra("c", "vf", "vf-1", Some((r, "id-1"))),
+                dra("c", "vf", "vf-2", Some((r, "id-2"))),
+            ],
+        );
+        assert_eq!(
+            a.take_request(r, "c", "vf", Some("id-2"), "ns/h")
+                .unwrap()
+                .0,
+            "id-2"
+        );
+        assert!(a.take_request(r, "c", "vf", Some("id-2"), "ns/h").is_err());
         assert!(
             e.msg.contains("vf-9") && e.msg.contains("publishes"),
             "{}",

@@ -61,6 +61,12 @@ pub struct ClaimDevice {
     /// The allocation's `shareID` (a device shared through consumable capacity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_id: Option<String>,
+    /// The pod interface and the sandbox (container ID) plexus wrote network data for: what it
+    /// takes out again is only what it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     #[serde(default)]
     pub status_entry: StatusEntry,
 }
@@ -134,8 +140,9 @@ fn s(v: &Value) -> String {
 }
 
 /// Every device the pod's claims allocated, in claim then result order, with its attributes.
-/// A claim that is missing or not allocated, or a device no slice on the node publishes, is an
-/// error naming the pod, claim, request and device.
+/// A claim that is missing or not allocated is an error naming the pod and the claim; a device
+/// no slice of the node publishes comes back `unpublished`, with the reason, for the allocator
+/// to name if a network needs it.
 pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, CniError> {
     let claims = pod_claims(pod);
     if claims.is_empty() {
@@ -146,6 +153,8 @@ pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, C
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     let mut slices: HashMap<String, Vec<Value>> = HashMap::new();
+    // Drivers whose every slice was already asked for (once each).
+    let mut widened: std::collections::HashSet<String> = Default::default();
     let mut out = vec![];
     for (pod_claim, name) in claims {
         let claim = src.claim(&ns, &name)?.ok_or_else(|| {
@@ -185,13 +194,15 @@ pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, C
                     .filter(|x| !x.is_empty())
                     .map(String::from),
                 status_entry: StatusEntry::None,
+                interface: None,
+                sandbox: None,
             };
             if !slices.contains_key(&at.driver) {
                 let got = src.slices(node.as_deref(), &at.driver)?;
                 slices.insert(at.driver.clone(), got);
             }
             let mut device = find_device(&slices[&at.driver], &at.pool, &at.device).cloned();
-            if device.is_none() {
+            if device.is_none() && widened.insert(at.driver.clone()) {
                 // Not in the node's slices: ask for every slice of the driver, keeping those of
                 // this node and those that name no node (node selector, all nodes).
                 let wide: Vec<Value> = src
@@ -366,9 +377,14 @@ pub fn put_network_data(
     StatusEntry::Created
 }
 
-/// Take plexus's part out of the claim's status again: the entry, if plexus made it (its
-/// condition says so, whatever the caller believes), else `networkData` when plexus set it;
-/// false if there was nothing to take.
+/// How the condition's message names the sandbox an entry was made for.
+pub fn sandbox_mark(sandbox: &str) -> String {
+    format!("(sandbox {sandbox})")
+}
+
+/// Take plexus's part out of the claim's status again: the entry, if plexus made it for this
+/// sandbox (its condition says so, whatever the caller believes; another sandbox's is left),
+/// else `networkData` when it is what plexus set (its interface); false if nothing was taken.
 pub fn remove_network_data(claim: &mut Value, dev: &ClaimDevice) -> bool {
     let Some(devices) = claim["status"]["devices"].as_array_mut() else {
         return false;
@@ -377,14 +393,32 @@ pub fn remove_network_data(claim: &mut Value, dev: &ClaimDevice) -> bool {
         return false;
     };
     if is_plexus_entry(&devices[i]) {
+        let mine = dev.sandbox.as_deref().is_none_or(|s| {
+            devices[i]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(&sandbox_mark(s)))
+                })
+        });
+        if !mine {
+            return false;
+        }
         devices.remove(i);
         return true;
     }
+    let ours = dev
+        .interface
+        .as_deref()
+        .is_none_or(|ifname| devices[i]["networkData"]["interfaceName"] == ifname);
     match dev.status_entry {
-        StatusEntry::Merged | StatusEntry::Pending => devices[i]
+        StatusEntry::Merged | StatusEntry::Pending if ours => devices[i]
             .as_object_mut()
             .is_some_and(|e| e.remove("networkData").is_some()),
-        StatusEntry::Created | StatusEntry::None => false,
+        _ => false,
     }
 }
 
@@ -704,6 +738,8 @@ mod tests {
             pool: "n1".into(),
             device: "vf-1".into(),
             share_id: None,
+            interface: None,
+            sandbox: None,
             status_entry: entry,
         }
     }
@@ -745,11 +781,51 @@ mod tests {
             c["status"]["devices"][0]["conditions"][0]["type"],
             "Prepared"
         );
-        assert!(remove_network_data(&mut c, &dev(merged)));
+        // networkData another writer set (another interface) is not plexus's to take.
+        let other = ClaimDevice {
+            interface: Some("net9".into()),
+            ..dev(merged)
+        };
+        assert!(!remove_network_data(&mut c, &other));
+        let ours = ClaimDevice {
+            interface: Some("net1".into()),
+            ..dev(merged)
+        };
+        assert!(remove_network_data(&mut c, &ours));
         assert_eq!(
             c["status"]["devices"],
             json!([{"driver": "d", "pool": "n1", "device": "vf-1", "conditions": [{"type": "Prepared"}]}])
         );
+    }
+
+    #[test]
+    fn an_entry_plexus_made_for_another_sandbox_is_left_alone() {
+        let data = NetworkData {
+            interface_name: "net1".into(),
+            ..Default::default()
+        };
+        let mut c = claim("c", &[("vf", "d", "n1", "vf-1")], &["u1"]);
+        let new = ClaimDevice {
+            sandbox: Some("new-sandbox".into()),
+            ..dev(StatusEntry::Pending)
+        };
+        let what = format!(
+            "net1 of pod ns/p {} for network ns/vf",
+            sandbox_mark("new-sandbox")
+        );
+        assert_eq!(
+            put_network_data(&mut c, &new, &data, &what, "t"),
+            StatusEntry::Created
+        );
+        // A late DEL of the pod's old sandbox: not its entry.
+        let old = ClaimDevice {
+            sandbox: Some("old-sandbox".into()),
+            ..dev(StatusEntry::Created)
+        };
+        assert!(!remove_network_data(&mut c, &old));
+        assert_eq!(c["status"]["devices"].as_array().unwrap().len(), 1);
+        assert!(remove_network_data(&mut c, &new));
+        assert_eq!(c["status"]["devices"], json!([]));
     }
 
     #[test]
