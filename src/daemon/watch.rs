@@ -317,7 +317,7 @@ impl ClusterView for WatchView {
     }
 
     fn claim_devices(&self, pod: &Pod) -> Result<Vec<DraDevice>, CniError> {
-        if dra::pod_claims(pod).is_empty() {
+        if !dra::has_claims(pod) {
             return Ok(vec![]);
         }
         let Some(cache) = self.dra.get() else {

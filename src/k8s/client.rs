@@ -294,7 +294,7 @@ impl ClusterView for ApiView {
     }
 
     fn claim_devices(&self, pod: &Pod) -> Result<Vec<super::dra::DraDevice>, CniError> {
-        if super::dra::pod_claims(pod).is_empty() {
+        if !super::dra::has_claims(pod) {
             return Ok(vec![]);
         }
         let who = format!(

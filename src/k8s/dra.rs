@@ -127,6 +127,15 @@ pub fn pod_claims(pod: &Pod) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether the pod's status names any claim (its own, or one for extended resources).
+pub fn has_claims(pod: &Pod) -> bool {
+    !pod_claims(pod).is_empty()
+        || pod
+            .status
+            .as_ref()
+            .is_some_and(|s| s.extended_resource_claim_status.is_some())
+}
+
 fn who(pod: &Pod) -> String {
     format!(
         "{}/{}",
@@ -139,25 +148,32 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or("").to_string()
 }
 
-/// Every device the pod's claims allocated, in claim then result order, with its attributes.
-/// A claim that is missing or not allocated is an error naming the pod and the claim; a device
-/// no slice of the node publishes comes back `unpublished`, with the reason, for the allocator
-/// to name if a network needs it.
+/// Every device the pod's claims allocated, in claim then result order, with its attributes,
+/// then those of its extended-resource claim (`status.extendedResourceClaimStatus`). A claim
+/// that is missing or not allocated is an error naming the pod and the claim; a device no slice
+/// of the node publishes comes back `unpublished`, with the reason, for the allocator to name if
+/// a network needs it. An extended resource is strict, as in Multus: its request must be in the
+/// claim and its devices must carry that resource's name.
 pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, CniError> {
     let claims = pod_claims(pod);
-    if claims.is_empty() {
+    let extended = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.extended_resource_claim_status.as_ref());
+    if claims.is_empty() && extended.is_none() {
         return Ok(vec![]);
     }
     let pod_who = who(pod);
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let mut slices: HashMap<String, Vec<Value>> = HashMap::new();
-    // Drivers whose every slice was already asked for (once each).
-    let mut widened: std::collections::HashSet<String> = Default::default();
-    let mut out = vec![];
-    for (pod_claim, name) in claims {
-        let claim = src.claim(&ns, &name)?.ok_or_else(|| {
+    let mut look = Lookup {
+        src,
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        slices: HashMap::new(),
+        widened: Default::default(),
+    };
+    let get = |pod_claim: &str, name: &str| -> Result<(Vec<Value>, Vec<String>), CniError> {
+        let claim = src.claim(&ns, name)?.ok_or_else(|| {
             CniError::new(
                 Code::TRY_AGAIN_LATER,
                 format!("pod {pod_who}: ResourceClaim {ns}/{name} (the pod's claim \"{pod_claim}\") not found"),
@@ -169,84 +185,146 @@ pub fn claim_devices(pod: &Pod, src: &dyn DraSource) -> Result<Vec<DraDevice>, C
                 format!("pod {pod_who}: ResourceClaim {ns}/{name} (the pod's claim \"{pod_claim}\") is not allocated yet"),
             ));
         };
-        let reserved: Vec<&Value> = claim["status"]["reservedFor"]
+        let shared_with: Vec<String> = claim["status"]["reservedFor"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|r| r["resource"] == "pods")
-            .collect();
-        let shared_with: Vec<String> = reserved
-            .iter()
-            .filter(|r| r["uid"].as_str() != Some(uid.as_str()))
+            .filter(|r| r["resource"] == "pods" && r["uid"].as_str() != Some(uid.as_str()))
             .map(|r| format!("{ns}/{}", s(&r["name"])))
             .collect();
-        for r in results {
-            let at = ClaimDevice {
-                namespace: ns.clone(),
-                claim: name.clone(),
-                pod_claim: pod_claim.clone(),
-                request: s(&r["request"]),
-                driver: s(&r["driver"]),
-                pool: s(&r["pool"]),
-                device: s(&r["device"]),
-                share_id: r["shareID"]
-                    .as_str()
-                    .filter(|x| !x.is_empty())
-                    .map(String::from),
-                status_entry: StatusEntry::None,
-                interface: None,
-                sandbox: None,
-            };
-            if !slices.contains_key(&at.driver) {
-                let got = src.slices(node.as_deref(), &at.driver)?;
-                slices.insert(at.driver.clone(), got);
+        Ok((results.clone(), shared_with))
+    };
+    let at = |pod_claim: &str, name: &str, r: &Value| ClaimDevice {
+        namespace: ns.clone(),
+        claim: name.to_string(),
+        pod_claim: pod_claim.to_string(),
+        request: s(&r["request"]),
+        driver: s(&r["driver"]),
+        pool: s(&r["pool"]),
+        device: s(&r["device"]),
+        share_id: r["shareID"]
+            .as_str()
+            .filter(|x| !x.is_empty())
+            .map(String::from),
+        status_entry: StatusEntry::None,
+        interface: None,
+        sandbox: None,
+    };
+    let mut out = vec![];
+    for (pod_claim, name) in claims {
+        let (results, shared_with) = get(&pod_claim, &name)?;
+        for r in &results {
+            out.push(look.device(at(&pod_claim, &name, r), &shared_with)?);
+        }
+    }
+    if let Some(ext) = extended {
+        let name = &ext.resource_claim_name;
+        let (results, shared_with) = get("extended resources", name)?;
+        let err = |msg: String| {
+            CniError::new(
+                Code::INVALID_CONFIG,
+                format!("pod {pod_who}: extended-resource claim {ns}/{name}: {msg}"),
+            )
+        };
+        for m in &ext.request_mappings {
+            let mine: Vec<&Value> = results
+                .iter()
+                .filter(|r| r["request"] == m.request_name.as_str())
+                .collect();
+            if mine.is_empty() {
+                return Err(err(format!(
+                    "request \"{}\" (extended resource {} of container {}) is not in the claim",
+                    m.request_name, m.resource_name, m.container_name
+                )));
             }
-            let mut device = find_device(&slices[&at.driver], &at.pool, &at.device).cloned();
-            if device.is_none() && widened.insert(at.driver.clone()) {
-                // Not in the node's slices: ask for every slice of the driver, keeping those of
-                // this node and those that name no node (node selector, all nodes).
-                let wide: Vec<Value> = src
-                    .all_slices(&at.driver)?
-                    .into_iter()
-                    .filter(|sl| {
-                        let n = &sl["spec"]["nodeName"];
-                        n.is_null()
-                            || n.as_str() == Some("")
-                            || node.as_deref().is_none_or(|want| n == want)
-                    })
-                    .collect();
-                device = find_device(&wide, &at.pool, &at.device).cloned();
-                slices.insert(at.driver.clone(), wide);
+            for r in mine {
+                let d = look.device(at("extended resources", name, r), &shared_with)?;
+                if let Some(why) = &d.unpublished {
+                    return Err(CniError::new(
+                        Code::TRY_AGAIN_LATER,
+                        format!("pod {pod_who}: {}: {why}", d.at),
+                    ));
+                }
+                if d.resource_name.as_deref() != Some(m.resource_name.as_str())
+                    || d.device_id.is_none()
+                {
+                    return Err(err(format!(
+                        "{}: its {RESOURCE_NAME_ATTRIBUTE} is {:?} and its {DEVICE_ID_ATTRIBUTE} {:?}, but the extended resource is {}",
+                        d.at, d.resource_name, d.device_id, m.resource_name
+                    )));
+                }
+                if !out
+                    .iter()
+                    .any(|o: &DraDevice| o.at.claim == d.at.claim && o.at.device == d.at.device)
+                {
+                    out.push(d);
+                }
             }
-            let Some(device) = device else {
-                out.push(DraDevice {
-                    unpublished: Some(format!(
-                        "no ResourceSlice of driver {} on node {} publishes it",
-                        at.driver,
-                        node.as_deref().unwrap_or("(none)")
-                    )),
-                    shared_with: shared_with.clone(),
-                    at,
-                    ..Default::default()
-                });
-                continue;
-            };
-            let attrs = if device["attributes"].is_object() {
-                &device["attributes"]
-            } else {
-                &device["basic"]["attributes"]
-            };
-            let attr = |k: &str| attrs[k]["string"].as_str().map(String::from);
-            out.push(DraDevice {
-                resource_name: attr(RESOURCE_NAME_ATTRIBUTE),
-                device_id: attr(DEVICE_ID_ATTRIBUTE),
-                shared_with: shared_with.clone(),
-                at,
-                unpublished: None,
-            });
         }
     }
     Ok(out)
+}
+
+/// Looking devices up in slices, each driver's read once (and widened once).
+struct Lookup<'a> {
+    src: &'a dyn DraSource,
+    node: Option<String>,
+    slices: HashMap<String, Vec<Value>>,
+    /// Drivers whose every slice was already asked for.
+    widened: std::collections::HashSet<String>,
+}
+
+impl Lookup<'_> {
+    fn device(&mut self, at: ClaimDevice, shared_with: &[String]) -> Result<DraDevice, CniError> {
+        let node = self.node.clone();
+        if !self.slices.contains_key(&at.driver) {
+            let got = self.src.slices(node.as_deref(), &at.driver)?;
+            self.slices.insert(at.driver.clone(), got);
+        }
+        let mut device = find_device(&self.slices[&at.driver], &at.pool, &at.device).cloned();
+        if device.is_none() && self.widened.insert(at.driver.clone()) {
+            // Not in the node's slices: ask for every slice of the driver, keeping those of
+            // this node and those that name no node (node selector, all nodes).
+            let wide: Vec<Value> = self
+                .src
+                .all_slices(&at.driver)?
+                .into_iter()
+                .filter(|sl| {
+                    let n = &sl["spec"]["nodeName"];
+                    n.is_null()
+                        || n.as_str() == Some("")
+                        || node.as_deref().is_none_or(|want| n == want)
+                })
+                .collect();
+            device = find_device(&wide, &at.pool, &at.device).cloned();
+            self.slices.insert(at.driver.clone(), wide);
+        }
+        let Some(device) = device else {
+            return Ok(DraDevice {
+                unpublished: Some(format!(
+                    "no ResourceSlice of driver {} on node {} publishes it",
+                    at.driver,
+                    node.as_deref().unwrap_or("(none)")
+                )),
+                shared_with: shared_with.to_vec(),
+                at,
+                ..Default::default()
+            });
+        };
+        let attrs = if device["attributes"].is_object() {
+            &device["attributes"]
+        } else {
+            &device["basic"]["attributes"]
+        };
+        let attr = |k: &str| attrs[k]["string"].as_str().map(String::from);
+        Ok(DraDevice {
+            resource_name: attr(RESOURCE_NAME_ATTRIBUTE),
+            device_id: attr(DEVICE_ID_ATTRIBUTE),
+            shared_with: shared_with.to_vec(),
+            at,
+            unpublished: None,
+        })
+    }
 }
 
 /// The device in the pool's current generation (a pool may span several slices; a driver
@@ -714,6 +792,67 @@ mod tests {
         m.slices.push(wide);
         let got = claim_devices(&pod(&[("net", Some("c"))]), &m).unwrap();
         assert!(got[0].is_network(), "{got:?}");
+    }
+
+    #[test]
+    fn an_extended_resource_claim_is_strict() {
+        let mut m = Mem::default();
+        m.claims.insert(
+            ("ns".into(), "p-ext".into()),
+            claim(
+                "p-ext",
+                &[
+                    ("container-0-request-0", "d", "n1", "vf-1"),
+                    ("container-0-request-1", "d", "n1", "vf-2"),
+                ],
+                &["u1"],
+            ),
+        );
+        m.slices.push(slice(
+            "d",
+            "n1",
+            "n1",
+            1,
+            &[
+                ("vf-1", NET),
+                (
+                    "vf-2",
+                    &[
+                        (RESOURCE_NAME_ATTRIBUTE, "example.com/other"),
+                        (DEVICE_ID_ATTRIBUTE, "id-2"),
+                    ],
+                ),
+            ],
+        ));
+        let ext = |mappings: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"namespace": "ns", "name": "p", "uid": "u1"},
+                "spec": {"nodeName": "n1", "containers": []},
+                "status": {"extendedResourceClaimStatus": {"resourceClaimName": "p-ext", "requestMappings": mappings}}}))
+            .unwrap()
+        };
+        let p = ext(
+            json!([{"containerName": "c", "resourceName": "example.com/vf", "requestName": "container-0-request-0"}]),
+        );
+        assert!(has_claims(&p));
+        let got = claim_devices(&p, &m).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].device_id.as_deref(), Some("0000:3b:02.1"));
+        assert_eq!(got[0].at.pod_claim, "extended resources");
+        // A device of another resource than the mapping's, or a request not in the claim: errors.
+        let e = claim_devices(&ext(json!([{"containerName": "c", "resourceName": "example.com/vf", "requestName": "container-0-request-1"}])), &m).unwrap_err();
+        assert!(
+            e.msg.contains("vf-2")
+                && e.msg.contains("example.com/other")
+                && e.msg.contains("p-ext"),
+            "{}",
+            e.msg
+        );
+        let e = claim_devices(&ext(json!([{"containerName": "c", "resourceName": "example.com/vf", "requestName": "nope"}])), &m).unwrap_err();
+        assert!(
+            e.msg.contains("\"nope\"") && e.msg.contains("not in the claim"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
