@@ -466,3 +466,88 @@ fn multus_delegate_api_attaches_into_a_sandbox_and_the_runtime_del_takes_it_down
         assert!(n.env.reservations(net).is_empty(), "{net} leaked");
     }
 }
+
+/// A network whose VF comes from the pod's DRA claim is hot-plugged and unplugged: the VF moves
+/// into the running pod and back, and the claim's status carries the interface's network data
+/// exactly while it is attached.
+#[test]
+fn a_dra_network_is_hot_plugged_with_its_claim_data_and_unplugged_without() {
+    use common::dra;
+    let n = node("hp-dra", json!({}));
+    n.env.node_veth("hpvf0", "hpvf1");
+    let driver = "sriov.dra.example.com";
+    n.api.create_one(dra::slice(
+        "v1",
+        "node-1-vfs",
+        driver,
+        "node-1",
+        &[("vf-0", Some(("example.com/dra_vf", "hpvf0")))],
+    ));
+    n.api.create_one(dra::claim(
+        "v1",
+        "default",
+        "web-net",
+        &[("web", "uid-web")],
+        &[("vf", driver, "node-1", "vf-0")],
+    ));
+    n.api.create_one(dra::pod(
+        "default",
+        "web",
+        "uid-web",
+        "node-1",
+        json!({NETS: "net-a"}),
+        &[("net", "web-net")],
+    ));
+    n.api.create_nad_annotated(
+        "default",
+        "dra-net",
+        &json!({"cniVersion": "1.0.0", "name": "dra-net", "type": "test-sriov",
+                "ipam": {"type": "static", "addresses": [{"address": "10.89.0.5/24"}]}}),
+        json!({"k8s.v1.cni.cncf.io/resourceName": "example.com/dra_vf"}),
+    );
+    n.env
+        .cni_pod("ADD", "hp-dra1", "default", "web", None, &n.conf)
+        .ok();
+    let devices = || n.api.claim("default", "web-net", "v1")["status"]["devices"].clone();
+    assert!(devices().is_null(), "no claim network yet");
+
+    n.api
+        .patch_pod_annotations("default", "web", &json!({NETS: "net-a, dra-net"}));
+    wait_for("net2 in network-status", Duration::from_secs(20), || {
+        status_names(&n.api, "web").len() == 3
+    });
+    assert!(
+        !n.env.node_links().contains(&"hpvf0".to_string()),
+        "the VF moved into the pod"
+    );
+    let got = devices();
+    assert_eq!(got[0]["device"], "vf-0", "{got}");
+    assert_eq!(
+        got[0]["networkData"],
+        json!({"interfaceName": "net2", "ips": ["10.89.0.5/24"], "hardwareAddress": n.env.pod_mac("net2")})
+    );
+
+    n.api
+        .patch_pod_annotations("default", "web", &json!({NETS: "net-a"}));
+    wait_for(
+        "net2 gone from network-status",
+        Duration::from_secs(20),
+        || status_names(&n.api, "web").len() == 2,
+    );
+    assert_eq!(
+        devices(),
+        json!([]),
+        "the claim's data went with the interface"
+    );
+    assert!(
+        n.env.node_links().contains(&"hpvf0".to_string()),
+        "the VF is back"
+    );
+
+    n.env
+        .cni_pod("DEL", "hp-dra1", "default", "web", None, &n.conf)
+        .ok();
+    let mut keep = KEEP.to_vec();
+    keep.extend(["hpvf0", "hpvf1"]);
+    n.env.assert_clean(&keep);
+}
