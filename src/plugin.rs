@@ -46,8 +46,10 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
         }
         Err(e) => return fail(&stdin, e),
     };
-    // A shim config: ADD, CHECK and STATUS go to the node daemon while it is there.
-    let daemon = crate::shim::socket_dir(&req.stdin).filter(|_| {
+    // A shim config: ADD, CHECK and STATUS go to the node daemon while it is there (and a DEL or
+    // GC asks it to take plexus's data out of DRA claims). The config is read for it once.
+    let shim_dir = crate::shim::socket_dir(&req.stdin);
+    let daemon = shim_dir.clone().filter(|_| {
         matches!(
             req.command(),
             Command::Add | Command::Check | Command::Status
@@ -68,7 +70,11 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
             });
             let mut engine = Engine::new(None, Arc::new(Kernel));
             if let Ok(c) = &conf {
-                engine.connect = Some(claims_connect(c, &req.stdin, in_cluster));
+                engine.connect = Some(connect_with(
+                    c,
+                    Credentials::for_plugin(c, in_cluster),
+                    shim_dir,
+                ));
             }
             engine.del(&req, conf.ok().as_ref()).map(|()| String::new())
         }
@@ -76,7 +82,8 @@ pub fn run(env: impl Fn(&str) -> Option<String>, stdin: Vec<u8>) -> Outcome {
             .require()
             .and_then(|()| configure(&req))
             .and_then(|conf| {
-                in_process(cmd, &req, &conf, Credentials::for_plugin(&conf, in_cluster))
+                let creds = Credentials::for_plugin(&conf, in_cluster);
+                in_process(cmd, &req, &conf, creds, shim_dir)
             }),
     };
     log_own_cost(started);
@@ -118,7 +125,7 @@ fn via_daemon(
                 "{cmd} for {}: daemon unreachable ({why}); running it here",
                 req.who()
             );
-            in_process(cmd, req, &conf, creds)
+            in_process(cmd, req, &conf, creds, Some(dir.to_path_buf()))
         }
     }
 }
@@ -130,6 +137,7 @@ fn in_process(
     req: &Request,
     conf: &NetConf,
     creds: Option<Credentials>,
+    shim_dir: Option<std::path::PathBuf>,
 ) -> Result<String, CniError> {
     let cluster = match cmd {
         Command::Add => {
@@ -139,7 +147,7 @@ fn in_process(
     };
     let mut engine = Engine::new(cluster, Arc::new(Kernel));
     if cmd == Command::Gc {
-        engine.connect = Some(connect_with(conf, creds, &req.stdin));
+        engine.connect = Some(connect_with(conf, creds, shim_dir));
     }
     let out = engine.run(&Call {
         req,
@@ -155,19 +163,14 @@ fn in_process(
 }
 
 /// Where a DEL or GC takes plexus's network data out of DRA claims, built only if one has some
-/// to take out: the API server with the plugin's credentials, else the node daemon (a shim's
-/// config names no kubeconfig; the daemon has the credentials).
-fn claims_connect(conf: &NetConf, stdin: &[u8], in_cluster: bool) -> crate::engine::Connect {
-    connect_with(conf, Credentials::for_plugin(conf, in_cluster), stdin)
-}
-
+/// to take out: the API server with the plugin's credentials, else the node daemon at
+/// `shim_dir` (a shim's config names no kubeconfig; the daemon has the credentials).
 fn connect_with(
     conf: &NetConf,
     creds: Option<Credentials>,
-    stdin: &[u8],
+    daemon: Option<std::path::PathBuf>,
 ) -> crate::engine::Connect {
     let conf = conf.clone();
-    let daemon = crate::shim::socket_dir(stdin);
     // Built once per call however many records need it (GC).
     let built: std::sync::OnceLock<Option<Arc<dyn Cluster>>> = std::sync::OnceLock::new();
     Arc::new(move || {
