@@ -76,6 +76,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// What the floor's ADD attached: each network, its ifname and its (last) result.
+type FloorAdded<'a> = Vec<(&'a Network, String, Option<Value>)>;
+
 struct Bench {
     env: TestEnv,
     api: Fixture,
@@ -254,6 +257,12 @@ impl Bench {
     /// with the ADD result — exactly the configs plexus sends.
     /// Returns the CPU time (ms) of every exec, delegates of delegates included.
     fn floor(&self, k: usize, id: &str, netns: &str, pod: &str) -> f64 {
+        let (added, cpu) = self.floor_add(k, id, netns, pod);
+        cpu + self.floor_del(&added, id, netns, pod)
+    }
+
+    /// The floor's ADD half: what it attached (for its DEL) and the CPU time (ms).
+    fn floor_add(&self, k: usize, id: &str, netns: &str, pod: &str) -> (FloorAdded<'_>, f64) {
         let mut cpu = 0.0;
         let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={id}");
         let path = self.plugins.display().to_string();
@@ -265,8 +274,8 @@ impl Bench {
                     .map(|(i, n)| (n, format!("net{}", i + 1))),
             )
             .collect();
-        let mut results = Vec::new();
-        for (net, ifname) in &nets {
+        let mut added = Vec::new();
+        for (net, ifname) in nets {
             let mut prev: Option<Value> = None;
             for p in 0..net.plugins.len() {
                 let conf = plugin_config(
@@ -279,7 +288,7 @@ impl Bench {
                 let bin = self.plugins.join(net.plugin_type(p));
                 let r = exec(
                     &bin,
-                    &Self::cni_env("ADD", id, netns, ifname, &args, &path),
+                    &Self::cni_env("ADD", id, netns, &ifname, &args, &path),
                     &conf,
                 );
                 assert!(
@@ -291,9 +300,17 @@ impl Bench {
                 let (res, _) = CniResult::parse(&r.stdout, net.cni_version).unwrap();
                 prev = Some(res.to_value(net.cni_version).unwrap());
             }
-            results.push(prev);
+            added.push((net, ifname, prev));
         }
-        for ((net, ifname), prev) in nets.iter().zip(&results).rev() {
+        (added, cpu)
+    }
+
+    /// The floor's DEL half, in reverse order with each network's ADD result; CPU time (ms).
+    fn floor_del(&self, added: &FloorAdded<'_>, id: &str, netns: &str, pod: &str) -> f64 {
+        let mut cpu = 0.0;
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={id}");
+        let path = self.plugins.display().to_string();
+        for (net, ifname, prev) in added.iter().rev() {
             for p in (0..net.plugins.len()).rev() {
                 let conf = plugin_config(
                     net,
@@ -366,6 +383,9 @@ struct Args {
     /// Rounds, alternating plexus and the floor.
     #[arg(long, default_value_t = 6)]
     rounds: usize,
+    /// Pause after each timed ADD and DEL of the per-pod table (ms), the same for every side.
+    #[arg(long, default_value_t = 150)]
+    settle_ms: u64,
     /// Rewrite this markdown file with the results.
     #[arg(long)]
     write: Option<String>,
@@ -375,6 +395,7 @@ fn main() {
     let Args {
         iterations,
         rounds,
+        settle_ms,
         write,
     } = clap::Parser::parse();
 
@@ -433,17 +454,23 @@ fn main() {
     out.push_str(&format!("Machine: {machine}. Delegates: containernetworking-plugins {}. {iterations} iterations per row, interleaved.\n\n",
         sh(&["sh", "-c", "dpkg-query -W -f '${Version}' containernetworking-plugins 2>/dev/null || echo unknown"]).trim()));
 
-    // 1. ADD+DEL per pod, 0/1/2/4 extra networks: floor, thin, daemon, interleaved.
+    // 1. ADD+DEL per pod, 0/1/2/4 extra networks: floor, thin, daemon, interleaved. ADD and DEL
+    //    are timed apart with the same settle pause after each, for every side: a DEL that follows
+    //    its ADD within milliseconds is slower the longer the gap (the kernel's own work on the new
+    //    links), which charged plexus's extra milliseconds before the DEL twice.
+    let settle = Duration::from_millis(settle_ms);
     out.push_str(
-        "### ADD+DEL per pod (macvlan + host-local extras on a bridge cluster network)\n\n",
+        "### ADD and DEL per pod (macvlan + host-local extras on a bridge cluster network)\n\n",
     );
-    out.push_str("Each iteration runs the floor, plexus thin and plexus through the shim and the daemon, in a rotating order. CPU: of the processes the runtime runs and what they reap (thin: plexus and its delegates), plus, for the daemon side, the daemon's own CPU and that of the delegates it reaped.\n\n");
-    out.push_str("| extra networks | floor median ms (p99) | thin median ms (p99) | daemon median ms (p99) | thin overhead ms | daemon overhead ms | thin ratio | daemon ratio | floor CPU ms | thin CPU ms | daemon CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str(&format!("Each iteration runs the floor, plexus thin and plexus through the shim and the daemon, in a rotating order. ADD and DEL are timed apart, with a {settle_ms} ms pause after each (every side alike): a DEL issued within a few ms of its ADD is slower the later it comes, by more than the delay itself (the kernel is still busy with the new links), so timing ADD+DEL back to back charged any extra time before the DEL twice. Total = ADD + DEL of one pod; overhead = median total minus the floor's. CPU: of the processes the runtime runs and what they reap (thin: plexus and its delegates), plus, for the daemon side, the daemon's own CPU and that of the delegates it reaped.\n\n"));
+    out.push_str("| extra networks | floor ADD / DEL ms | thin ADD / DEL ms | daemon ADD / DEL ms | floor total ms (p99) | thin total ms (p99) | daemon total ms (p99) | thin overhead ms (ADD) | daemon overhead ms (ADD) | thin ratio | daemon ratio | floor CPU ms | thin CPU ms | daemon CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut thin_over = Vec::new();
     let mut daemon_over = Vec::new();
     let mut isolated_daemon_k1 = 0.0;
     let mut isolated_thin_k1 = 0.0;
     for k in [0usize, 1, 2, 4] {
+        let mut adds: [Vec<f64>; 3] = Default::default();
+        let mut dels: [Vec<f64>; 3] = Default::default();
         let mut wall: [Vec<f64>; 3] = Default::default();
         let mut cpu: [Vec<f64>; 3] = Default::default();
         for i in 0..iterations + 3 {
@@ -453,30 +480,52 @@ fn main() {
             std::thread::sleep(Duration::from_millis(5));
             for turn in 0..3 {
                 let side = (i + turn) % 3;
-                let t = Instant::now();
-                let c = match side {
-                    0 => b.floor(k, &format!("{pod}-f"), &netns, &pod),
+                let (a, d, c) = match side {
+                    0 => {
+                        let id = format!("{pod}-f");
+                        let t = Instant::now();
+                        let (added, ca) = b.floor_add(k, &id, &netns, &pod);
+                        let a = ms(t.elapsed());
+                        std::thread::sleep(settle);
+                        let t = Instant::now();
+                        let cd = b.floor_del(&added, &id, &netns, &pod);
+                        (a, ms(t.elapsed()), ca + cd)
+                    }
                     1 => {
                         let id = format!("{pod}-t");
-                        let a = b.run_side(Side::Thin, "ADD", &id, &netns, &pod);
-                        let d = b.run_side(Side::Thin, "DEL", &id, &netns, &pod);
-                        a.cpu_ms + d.cpu_ms
+                        let t = Instant::now();
+                        let ra = b.run_side(Side::Thin, "ADD", &id, &netns, &pod);
+                        let a = ms(t.elapsed());
+                        std::thread::sleep(settle);
+                        let t = Instant::now();
+                        let rd = b.run_side(Side::Thin, "DEL", &id, &netns, &pod);
+                        (a, ms(t.elapsed()), ra.cpu_ms + rd.cpu_ms)
                     }
                     _ => {
                         let id = format!("{pod}-d");
                         let before = b.daemon.cpu_ms();
-                        let a = b.run_side(Side::Daemon, "ADD", &id, &netns, &pod);
-                        let d = b.run_side(Side::Daemon, "DEL", &id, &netns, &pod);
-                        a.cpu_ms + d.cpu_ms + (b.daemon.cpu_ms() - before)
+                        let t = Instant::now();
+                        let ra = b.run_side(Side::Daemon, "ADD", &id, &netns, &pod);
+                        let a = ms(t.elapsed());
+                        std::thread::sleep(settle);
+                        let t = Instant::now();
+                        let rd = b.run_side(Side::Daemon, "DEL", &id, &netns, &pod);
+                        let d = ms(t.elapsed());
+                        (a, d, ra.cpu_ms + rd.cpu_ms + (b.daemon.cpu_ms() - before))
                     }
                 };
+                std::thread::sleep(settle);
                 if i >= 3 {
-                    wall[side].push(ms(t.elapsed()));
+                    adds[side].push(a);
+                    dels[side].push(d);
+                    wall[side].push(a + d);
                     cpu[side].push(c);
                 }
             }
         }
         let [(fm, fp), (tm, tp), (dm, dp)] = wall.map(stats);
+        let [(fa, _), (ta, _), (da, _)] = adds.map(stats);
+        let [(fd, _), (td, _), (dd, _)] = dels.map(stats);
         let [(fc, _), (tc, _), (dc, _)] = cpu.map(stats);
         thin_over.push(tm - fm);
         daemon_over.push(dm - fm);
@@ -485,9 +534,11 @@ fn main() {
             isolated_thin_k1 = tm;
         }
         out.push_str(&format!(
-            "| {k} | {fm:.2} ({fp:.2}) | {tm:.2} ({tp:.2}) | {dm:.2} ({dp:.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {fc:.2} | {tc:.2} | {dc:.2} |\n",
+            "| {k} | {fa:.2} / {fd:.2} | {ta:.2} / {td:.2} | {da:.2} / {dd:.2} | {fm:.2} ({fp:.2}) | {tm:.2} ({tp:.2}) | {dm:.2} ({dp:.2}) | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.2} | {:.2} | {fc:.2} | {tc:.2} | {dc:.2} |\n",
             tm - fm,
+            ta - fa,
             dm - fm,
+            da - fa,
             tm / fm,
             dm / fm,
         ));
@@ -801,7 +852,7 @@ fn main() {
         (stats(d), stats(p))
     };
     out.push_str(&format!(
-        "\n### Start-up and memory\n\n| what | value |\n|---|---|\n| plexus VERSION, median (p99) | {pv:.2} ms ({pv99:.2} ms) |\n| bridge VERSION (a Go reference plugin), median (p99) | {bv:.2} ms ({bv99:.2} ms) |\n| peak RSS of one plexus ADD, 1 extra network (wait4: the larger of plexus and the delegates it reaped; plexus alone logs its own at debug level) | {} KiB |\n| plexus binary size | {:.1} MiB |\n| one durable cache write (fdatasync + directory fsync), median (p99) | {:.2} ms ({:.2} ms) |\n| the same write without the syncs, median (p99) | {:.2} ms ({:.2} ms) |\n| durability's cost per ADD (2 writes), median | {:.2} ms |\n",
+        "\n### Start-up and memory\n\n| what | value |\n|---|---|\n| plexus VERSION, median (p99) | {pv:.2} ms ({pv99:.2} ms) |\n| bridge VERSION (a Go reference plugin), median (p99) | {bv:.2} ms ({bv99:.2} ms) |\n| peak RSS of one plexus ADD, 1 extra network (wait4: the larger of plexus and the delegates it reaped; plexus alone logs its own at debug level) | {} KiB |\n| plexus binary size | {:.1} MiB |\n| one durable cache write (fdatasync + directory fsync), median (p99) | {:.2} ms ({:.2} ms) |\n| the same write without the syncs, median (p99) | {:.2} ms ({:.2} ms) |\n| durability's cost per ADD (2 writes; an upper bound: the final one skips the directory fsync), median | {:.2} ms |\n",
         add.maxrss_kb,
         size as f64 / (1 << 20) as f64,
         durable.0,
