@@ -81,7 +81,7 @@ pub async fn client_config(
 ) -> Result<kube::Config, CniError> {
     let mut config = match creds {
         Credentials::Kubeconfig(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(|e| {
+            let kc = read_kubeconfig(path).map_err(|e| {
                 CniError::new(
                     Code::INVALID_CONFIG,
                     format!("reading kubeconfig {}: {e}", path.display()),
@@ -109,6 +109,59 @@ pub async fn client_config(
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
     Ok(config)
+}
+
+/// A kubeconfig file, as kube reads it (every file it names made absolute against the file's
+/// directory), but a JSON one — what `plexus install` writes; JSON is YAML too — through
+/// serde_json: kube's YAML reader costs a few hundred microseconds of every ADD. Anything else,
+/// or JSON that does not parse as a kubeconfig, goes to kube's reader (and its errors).
+pub fn read_kubeconfig(path: &std::path::Path) -> Result<Kubeconfig, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        if let Ok(mut kc) = serde_json::from_slice::<Kubeconfig>(&bytes) {
+            if let Some(dir) = path.parent() {
+                absolute_paths(&mut kc, dir);
+            }
+            return Ok(kc);
+        }
+    }
+    Kubeconfig::read_from(path).map_err(|e| e.to_string())
+}
+
+/// The files a kubeconfig names, relative ones taken from `dir` (client-go's rule: an exec
+/// command only when it has a path separator, so a bare name is still looked up in PATH).
+fn absolute_paths(kc: &mut Kubeconfig, dir: &std::path::Path) {
+    let fix = |p: &mut Option<String>| {
+        if let Some(rel) = p
+            .as_deref()
+            .filter(|r| std::path::Path::new(r).is_relative())
+        {
+            if let Some(abs) = dir.join(rel).to_str() {
+                *p = Some(abs.to_owned());
+            }
+        }
+    };
+    for c in kc.clusters.iter_mut().filter_map(|n| n.cluster.as_mut()) {
+        fix(&mut c.certificate_authority);
+    }
+    for a in kc
+        .auth_infos
+        .iter_mut()
+        .filter_map(|n| n.auth_info.as_mut())
+    {
+        fix(&mut a.client_certificate);
+        fix(&mut a.client_key);
+        fix(&mut a.token_file);
+        if let Some(exec) = a.exec.as_mut() {
+            if exec
+                .command
+                .as_deref()
+                .is_some_and(|c| c.contains(std::path::MAIN_SEPARATOR))
+            {
+                fix(&mut exec.command);
+            }
+        }
+    }
 }
 
 pub struct ApiView {
@@ -635,6 +688,57 @@ mod tests {
             }
         });
         log
+    }
+
+    #[test]
+    fn a_json_kubeconfig_reads_as_kube_reads_it() {
+        let d = tempfile::tempdir().unwrap();
+        let kc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {"server": "https://10.0.0.1:443",
+                "certificate-authority": "ca.crt"}},
+                {"name": "abs", "cluster": {"server": "https://h", "certificate-authority": "/etc/ca.pem"}}],
+            "users": [{"name": "u", "user": {"token": "t0k", "tokenFile": "token",
+                "client-certificate": "sub/c.crt", "client-key": "/abs/c.key",
+                "exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "bin/auth"}}},
+                {"name": "v", "user": {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "aws"}}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]
+        });
+        let path = d.path().join("kubeconfig");
+        std::fs::write(&path, format!("\n  {kc}")).unwrap();
+        let ours = read_kubeconfig(&path).unwrap();
+        let kube = Kubeconfig::read_from(&path).unwrap();
+        assert_eq!(format!("{ours:?}"), format!("{kube:?}"));
+        let dir = d.path().display();
+        let c = ours.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(
+            c.certificate_authority.as_deref(),
+            Some(&*format!("{dir}/ca.crt"))
+        );
+        let u = ours.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(u.token_file.as_deref(), Some(&*format!("{dir}/token")));
+        assert_eq!(u.client_key.as_deref(), Some("/abs/c.key"));
+        assert_eq!(
+            u.exec.as_ref().unwrap().command.as_deref(),
+            Some(&*format!("{dir}/bin/auth"))
+        );
+        let v = ours.auth_infos[1].auth_info.as_ref().unwrap();
+        assert_eq!(v.exec.as_ref().unwrap().command.as_deref(), Some("aws"));
+        // YAML, and JSON that is not a kubeconfig, are kube's to read (and to refuse).
+        std::fs::write(&path, "apiVersion: v1\nkind: Config\nclusters:\n- name: y\n  cluster:\n    server: https://y\n    certificate-authority: y.crt\n").unwrap();
+        let y = read_kubeconfig(&path).unwrap();
+        assert_eq!(
+            y.clusters[0]
+                .cluster
+                .as_ref()
+                .unwrap()
+                .certificate_authority
+                .as_deref(),
+            Some(&*format!("{dir}/y.crt"))
+        );
+        std::fs::write(&path, r#"{"clusters": 3}"#).unwrap();
+        assert!(read_kubeconfig(&path).is_err());
+        assert!(read_kubeconfig(&d.path().join("missing")).is_err());
     }
 
     #[test]
