@@ -360,6 +360,19 @@ impl ResultCache {
     /// Write a record durably and atomically: temp file, fsync, rename, fsync of the directory. A
     /// legacy record it replaces is removed.
     pub fn store(&self, record: &SandboxRecord) -> Result<(), CniError> {
+        self.write_record(record, true)
+    }
+
+    /// [`store`](Self::store) for a record whose previous version is on disk, durably, and is
+    /// itself a state a crash may leave (an ADD's final record over its pending one: a DEL of a
+    /// pending record undoes every attachment in it). The new file's data is synced before the
+    /// rename, so a crash leaves one whole version or the other; the rename's directory entry is
+    /// left to the filesystem's next commit, which saves a directory fsync on every ADD.
+    pub fn store_over_durable(&self, record: &SandboxRecord) -> Result<(), CniError> {
+        self.write_record(record, false)
+    }
+
+    fn write_record(&self, record: &SandboxRecord, sync_dir: bool) -> Result<(), CniError> {
         let dir = self.attachments_dir();
         let key = record.key();
         let path = self.record_path(&key);
@@ -381,7 +394,10 @@ impl ResultCache {
             tmp.write_all(&bytes)?;
             tmp.as_file().sync_data()?;
             tmp.persist(&path).map_err(|e| e.error)?;
-            File::open(&dir)?.sync_all()
+            if sync_dir {
+                File::open(&dir)?.sync_all()?;
+            }
+            Ok(())
         };
         write().map_err(|e| io_error(format!("writing cache {}", path.display()), e))?;
         if let Some(stem) = key.legacy_stem() {

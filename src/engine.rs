@@ -282,7 +282,8 @@ impl Engine {
                     publish_claims(c, pod, &attachments, &results, &mut record)?;
                 }
             }
-            cache.store(&record)?;
+            // Over the pending record stored above (durably, before any delegate ran).
+            cache.store_over_durable(&record)?;
             let done = summarize(conf, &attachments, &record, results)?;
             if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
                 chain.check_live()?;
