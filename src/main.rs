@@ -37,6 +37,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    pin_host_lookups();
     if std::env::var_os("CNI_COMMAND").is_some() {
         return cni_main();
     }
@@ -86,6 +87,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Host names (an API server named in a kubeconfig) are looked up in `/etc/hosts` and DNS only.
+/// plexus is linked statically, and runs on the node's filesystem: any other module the node's
+/// nsswitch.conf names (`myhostname`, `resolve`, `sss`…) would be a `libnss_*.so` built against the
+/// node's glibc, which static glibc would `dlopen` into this process. `files` and `dns` are built
+/// into static glibc. Called first, before any thread exists.
+fn pin_host_lookups() {
+    #[cfg(all(target_env = "gnu", target_feature = "crt-static"))]
+    {
+        extern "C" {
+            // glibc, <nss.h>: make `db` use `services` instead of what nsswitch.conf says.
+            fn __nss_configure_lookup(
+                db: *const libc::c_char,
+                services: *const libc::c_char,
+            ) -> libc::c_int;
+        }
+        // SAFETY: both arguments are NUL-terminated literals; called from main before any other
+        // thread exists and before any lookup.
+        unsafe {
+            __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr());
+        }
     }
 }
 
