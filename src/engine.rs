@@ -282,7 +282,8 @@ impl Engine {
                     publish_claims(c, pod, &attachments, &results, &mut record)?;
                 }
             }
-            // Over the pending record stored above (durably, before any delegate ran).
+            // Over a durable earlier version: the pending record stored before any delegate ran,
+            // or (DRA) the claim-pending one stored before the claim writes.
             cache.store_over_durable(&record)?;
             let done = summarize(conf, &attachments, &record, results)?;
             if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
