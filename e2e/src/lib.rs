@@ -217,8 +217,22 @@ impl TestEnv {
         vars: &[(&str, &std::ffi::OsStr)],
         stdin: &[u8],
     ) -> Output {
+        self.cni_wrapped(&[], verb, vars, stdin)
+    }
+
+    /// [`TestEnv::cni_raw_os`], with plexus run by `wrapper` (its argv, plexus's path last), e.g.
+    /// under `unshare` or `strace`.
+    pub fn cni_wrapped(
+        &self,
+        wrapper: &[&str],
+        verb: &str,
+        vars: &[(&str, &std::ffi::OsStr)],
+        stdin: &[u8],
+    ) -> Output {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node]).arg(plexus_bin());
+        cmd.args(["netns", "exec", &self.node])
+            .args(wrapper)
+            .arg(plexus_bin());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_COMMAND", verb)

@@ -5,8 +5,7 @@
 
 use plexus_e2e::{plexus_bin, Fixture, TestEnv};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
 
 /// The ELF program headers' types (ELF64, little-endian).
 fn program_header_types(elf: &[u8]) -> Vec<u32> {
@@ -61,8 +60,9 @@ fn plexus_is_static_and_finds_the_api_server_by_name_through_files_only() {
 
     let trace = dir.join("openat.trace");
     let run = |verb: &str, traced: bool| {
+        // plexus is "$0" of the script: the wrapper's last argument.
         let script = format!(
-            "mount --bind {hosts} /etc/hosts && mount --bind {nss} /etc/nsswitch.conf && exec {strace}{plexus}",
+            "mount --bind {hosts} /etc/hosts && mount --bind {nss} /etc/nsswitch.conf && exec {strace}\"$0\"",
             hosts = dir.join("hosts").display(),
             nss = dir.join("nsswitch.conf").display(),
             strace = if traced {
@@ -70,53 +70,33 @@ fn plexus_is_static_and_finds_the_api_server_by_name_through_files_only() {
             } else {
                 String::new()
             },
-            plexus = plexus_bin().display(),
         );
         // A mount namespace of its own (private propagation): the host's files are untouched.
-        let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &env.node,
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-            ])
-            .args(["sh", "-c", &script])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", verb)
-            .env("CNI_CONTAINERID", "static-1")
-            .env("CNI_NETNS", env.netns_path())
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", &env.plugins)
-            .env(
-                "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web",
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let wrapper = [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ];
+        let args = OsStr::new("IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web");
+        env.cni_wrapped(
+            &wrapper,
+            verb,
+            &[
+                ("CNI_CONTAINERID", OsStr::new("static-1")),
+                ("CNI_IFNAME", OsStr::new("eth0")),
+                ("CNI_ARGS", args),
+            ],
+            conf.to_string().as_bytes(),
+        )
     };
 
     let add = run("ADD", true);
-    let stdout = String::from_utf8_lossy(&add.stdout);
-    assert!(
-        add.status.success(),
-        "ADD failed: {stdout} {}",
-        String::from_utf8_lossy(&add.stderr)
-    );
-    let result: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(add.code, 0, "ADD failed: {} {}", add.stdout, add.stderr);
+    let result: Value = serde_json::from_str(&add.stdout).unwrap();
     assert_eq!(result["ips"][0]["address"], "10.121.0.2/30", "{result}");
     // It reached the fixture by name: the pod's network-status was written there.
     let pod = api.pod("apps", "web");
@@ -151,10 +131,6 @@ fn plexus_is_static_and_finds_the_api_server_by_name_through_files_only() {
     );
 
     let del = run("DEL", false);
-    assert!(
-        del.status.success(),
-        "DEL failed: {}",
-        String::from_utf8_lossy(&del.stdout)
-    );
+    assert_eq!(del.code, 0, "DEL failed: {} {}", del.stdout, del.stderr);
     env.assert_clean(&[]);
 }
