@@ -282,13 +282,41 @@ impl Engine {
                     publish_claims(c, pod, &attachments, &results, &mut record)?;
                 }
             }
-            // Over a durable earlier version: the pending record stored before any delegate ran,
-            // or (DRA) the claim-pending one stored before the claim writes.
-            cache.store_over_durable(&record)?;
             let done = summarize(conf, &attachments, &record, results)?;
-            if let (Some(c), Some(pod)) = (self.cluster.as_deref(), pod) {
-                chain.check_live()?;
-                c.set_network_status(pod, &done.status)?;
+            // The final record goes over a durable earlier version: the pending record stored
+            // before any delegate ran, or (DRA) the claim-pending one stored before the claim
+            // writes. With a pod, its write (an fdatasync) and the status write (a round trip to
+            // the API server) run side by side, and the call waits for both: either failing
+            // fails the ADD and undoes it.
+            match (self.cluster.as_deref(), pod) {
+                (Some(c), Some(pod)) => {
+                    chain.check_live()?;
+                    let (stored, patched) = std::thread::scope(|s| {
+                        let writer = std::thread::Builder::new()
+                            .name("plexus-record".into())
+                            .spawn_scoped(s, || cache.store_over_durable(&record));
+                        match writer {
+                            Ok(w) => {
+                                let patched = c.set_network_status(pod, &done.status);
+                                let stored = w.join().unwrap_or_else(|_| {
+                                    Err(CniError::new(
+                                        Code::IO,
+                                        "writing the cache record panicked",
+                                    ))
+                                });
+                                (stored, patched)
+                            }
+                            // No thread to be had: one after the other, record first.
+                            Err(_) => match cache.store_over_durable(&record) {
+                                Ok(()) => (Ok(()), c.set_network_status(pod, &done.status)),
+                                Err(e) => (Err(e), Ok(())),
+                            },
+                        }
+                    });
+                    stored?;
+                    patched?;
+                }
+                _ => cache.store_over_durable(&record)?,
             }
             Ok(done)
         };

@@ -67,12 +67,14 @@ pub struct Node {
 
 /// `rec` logs "COMMAND network ifname netns" and answers ADD with one interface; a config key
 /// `fail` (a verb) makes it fail on that verb, `sleep` (seconds) makes its ADD slow, `dump` makes
-/// it copy its config to `<log>.<network>.<verb>`.
+/// it copy its config to `<log>.<network>.<verb>`, `sabotage` (a directory) makes its ADD put a
+/// file where that directory was (the directory moves to `<dir>.gone`).
 const REC: &str = r#"#!/bin/sh
 conf=$(cat)
 name=$(printf '%s' "$conf" | grep -o '"name":"[^"]*"' | head -n 1 | cut -d '"' -f 4)
 echo "$CNI_COMMAND $name $CNI_IFNAME $CNI_NETNS" >> "$LOG"
 case "$conf" in *'"dump":true'*) printf '%s' "$conf" > "$LOG.$name.$CNI_COMMAND";; esac
+case "$CNI_COMMAND$conf" in ADD*'"sabotage":'*) d=$(printf '%s' "$conf" | sed -n 's/.*"sabotage":"\([^"]*\)".*/\1/p'); mv "$d" "$d.gone" && : > "$d";; esac
 case "$CNI_COMMAND$conf" in ADD*'"sleep":'*) sleep "$(printf '%s' "$conf" | sed -n 's/.*"sleep":\([0-9.]*\).*/\1/p')";; esac
 case "$conf" in *'"fail":"'"$CNI_COMMAND"'"'*) echo '{"code":7,"msg":"injected"}'; exit 1;; esac
 case "$CNI_COMMAND" in
