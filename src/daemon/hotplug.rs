@@ -109,12 +109,22 @@ struct Seen {
     failures: u32,
 }
 
+/// Where a sandbox's record is: its cache dir and key (what an ADD just wrote).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RecordAt {
+    pub dir: PathBuf,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
 #[derive(Default)]
 struct Queue {
     order: VecDeque<PodKey>,
     queued: HashSet<PodKey>,
-    /// Pods to reconcile even if unchanged (after an ADD of theirs).
-    forced: HashSet<PodKey>,
+    /// Pods to reconcile even if unchanged (after an ADD of theirs), with the records those
+    /// ADDs wrote: read alone, with no scan of the whole cache.
+    forced: HashMap<PodKey, Vec<RecordAt>>,
     /// Retries not due yet.
     later: Vec<(Instant, PodKey)>,
 }
@@ -152,19 +162,22 @@ impl Reconciler {
                 return;
             }
         }
-        self.push(key, false);
+        self.push(key, None);
     }
 
-    /// Queue a pod whose sandbox was just ADDed, so an annotation change during that ADD is
-    /// not missed.
-    pub fn enqueue_after_add(&self, namespace: &str, name: &str) {
-        self.push((namespace.to_string(), name.to_string()), true);
+    /// Queue a pod whose sandbox was just ADDed (its record `at`), so an annotation change
+    /// during that ADD is not missed. Only that record is read when it is reconciled.
+    pub fn enqueue_after_add(&self, namespace: &str, name: &str, at: RecordAt) {
+        self.push((namespace.to_string(), name.to_string()), Some(at));
     }
 
-    fn push(&self, key: PodKey, force: bool) {
+    fn push(&self, key: PodKey, force: Option<RecordAt>) {
         let mut q = self.queue.lock().expect("not poisoned");
-        if force {
-            q.forced.insert(key.clone());
+        if let Some(at) = force {
+            let hints = q.forced.entry(key.clone()).or_default();
+            if !hints.contains(&at) {
+                hints.push(at);
+            }
         }
         if q.queued.insert(key.clone()) {
             q.order.push_back(key);
@@ -180,8 +193,9 @@ impl Reconciler {
         }
     }
 
-    /// The next batch, with what must be forced; due retries first join the queue.
-    fn take(&self) -> Vec<(PodKey, bool)> {
+    /// The next batch, with what must be forced (and the records to read for it); due retries
+    /// first join the queue.
+    fn take(&self) -> Vec<(PodKey, Option<Vec<RecordAt>>)> {
         let mut q = self.queue.lock().expect("not poisoned");
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut q.later)
@@ -245,12 +259,13 @@ impl Reconciler {
         }
     }
 
-    fn reconcile(&self, daemon: &Daemon, batch: Vec<(PodKey, bool)>) {
+    fn reconcile(&self, daemon: &Daemon, batch: Vec<(PodKey, Option<Vec<RecordAt>>)>) {
         let Some(view) = daemon.watch.as_ref() else {
             return;
         };
         let mut index: Option<HashMap<String, Vec<(PathBuf, SandboxRecord)>>> = None;
-        for ((ns, name), forced) in batch {
+        for ((ns, name), hints) in batch {
+            let forced = hints.is_some();
             if daemon
                 .shutting_down
                 .load(std::sync::atomic::Ordering::SeqCst)
@@ -275,16 +290,38 @@ impl Reconciler {
                 self.done(key, sig, 0);
                 continue;
             }
-            let index = index.get_or_insert_with(|| records_by_pod(daemon));
-            let mine: Vec<(PathBuf, SandboxRecord)> = index
-                .get(&format!("{ns}/{name}"))
-                .map(|v| {
-                    v.iter()
-                        .filter(|(_, r)| record_of(r, &sig.uid))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
+            let mine: Vec<(PathBuf, SandboxRecord)> = match hints {
+                // After an ADD: the record it wrote, not a scan of every record on the node.
+                Some(hints) if !hints.is_empty() => hints
+                    .iter()
+                    .filter_map(|at| {
+                        let key = crate::cache::Key {
+                            network: &at.network,
+                            container_id: &at.container_id,
+                            ifname: &at.ifname,
+                        };
+                        match ResultCache::new(&at.dir).load(&key) {
+                            Loaded::Found(r)
+                                if r.pod.as_deref() == Some(format!("{ns}/{name}").as_str())
+                                    && record_of(&r, &sig.uid) =>
+                            {
+                                Some((at.dir.clone(), r))
+                            }
+                            _ => None,
+                        }
+                    })
+                    .collect(),
+                _ => index
+                    .get_or_insert_with(|| records_by_pod(daemon))
+                    .get(&format!("{ns}/{name}"))
+                    .map(|v| {
+                        v.iter()
+                            .filter(|(_, r)| record_of(r, &sig.uid))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
             if mine.is_empty() {
                 // Not ours (or not ADDed yet: the ADD queues it again when done).
                 self.done(key, sig, 0);
@@ -405,7 +442,7 @@ mod tests {
         r.enqueue(&pod("a, b"));
         assert_eq!(r.backlog(), 1, "queued once however many events");
         let batch = r.take();
-        assert_eq!(batch, vec![(("ns1".into(), "p".into()), false)]);
+        assert_eq!(batch, vec![(("ns1".into(), "p".into()), None)]);
         r.done(("ns1".into(), "p".into()), signature(&pod("a, b")), 0);
         r.enqueue(&pod("a, b"));
         assert_eq!(r.backlog(), 0, "unchanged since reconciled");
@@ -413,8 +450,21 @@ mod tests {
         assert_eq!(r.backlog(), 1, "changed");
         r.take();
         // After an ADD the pod is forced through even if unchanged.
-        r.enqueue_after_add("ns1", "p");
-        assert_eq!(r.take(), vec![(("ns1".into(), "p".into()), true)]);
+        let at = RecordAt {
+            dir: "/var/lib/cni/multus".into(),
+            network: "plexus".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        };
+        r.enqueue_after_add("ns1", "p", at.clone());
+        r.enqueue_after_add("ns1", "p", at.clone());
+        assert_eq!(
+            r.take(),
+            vec![(("ns1".into(), "p".into()), Some(vec![at]))],
+            "forced once, with the record its ADD wrote"
+        );
+        r.enqueue(&pod("a"));
+        assert_eq!(r.take(), vec![(("ns1".into(), "p".into()), None)]);
     }
 
     #[test]

@@ -427,7 +427,16 @@ impl Daemon {
             (&out, &self.hotplug, crate::k8s::PodRef::from_request(req))
         {
             // An annotation change while this ADD ran is reconciled now.
-            h.enqueue_after_add(&pod.namespace, &pod.name);
+            h.enqueue_after_add(
+                &pod.namespace,
+                &pod.name,
+                super::hotplug::RecordAt {
+                    dir: conf.cni_dir.clone(),
+                    network: conf.cache_network().to_string(),
+                    container_id: req.container_id().to_string(),
+                    ifname: req.ifname().to_string(),
+                },
+            );
         }
         out
     }
