@@ -4,8 +4,8 @@
 //! multus-dynamic-networks-controller.
 //!
 //! Level-triggered: every pod event queues the pod (once, however many events arrive); a worker
-//! reconciles the queue in batches once the watches have synced, reading the on-disk cache (the
-//! truth) once per batch. A pod whose annotation has not changed since it was last reconciled is
+//! reconciles the queue in batches once the watches have synced, reading each pod's records
+//! from the on-disk cache (the truth) where an index by pod says they are (see `Reconciler`). A pod whose annotation has not changed since it was last reconciled is
 //! skipped. A restart queues every pod of the initial list, so it resumes from the cache and the
 //! current annotation. A sandbox busy with an ADD or DEL is retried a moment later; a failed
 //! attach is retried with backoff (one Warning Event per try, at most one a minute per pod at
@@ -134,6 +134,11 @@ pub struct Reconciler {
     queue: Mutex<Queue>,
     wake: Notify,
     seen: Mutex<HashMap<PodKey, Seen>>,
+    /// Where each pod's records are (`namespace/name`), from one scan of the cache dirs and the
+    /// daemon's own ADDs since; a record that is gone (DEL) is dropped when next read. Rebuilt
+    /// (at most once per batch) when a pod's annotation changed since it was last reconciled,
+    /// so a record written without the daemon (the shim's own ADD) is still found then.
+    index: Mutex<Option<HashMap<String, Vec<RecordAt>>>>,
 }
 
 /// How long a busy sandbox waits before the next try, and the longest backoff of a failure.
@@ -148,6 +153,7 @@ impl Reconciler {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             seen: Mutex::new(HashMap::new()),
+            index: Mutex::new(None),
         })
     }
 
@@ -168,7 +174,68 @@ impl Reconciler {
     /// Queue a pod whose sandbox was just ADDed (its record `at`), so an annotation change
     /// during that ADD is not missed. Only that record is read when it is reconciled.
     pub fn enqueue_after_add(&self, namespace: &str, name: &str, at: RecordAt) {
+        if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
+            let known = index.entry(format!("{namespace}/{name}")).or_default();
+            if !known.contains(&at) {
+                known.push(at.clone());
+            }
+        }
         self.push((namespace.to_string(), name.to_string()), Some(at));
+    }
+
+    /// The records of pod `ns/name` (of its UID), read from where the index (or `hints`) says
+    /// they are; `rescan` rebuilds the index from the cache dirs first.
+    pub(super) fn records_of(
+        &self,
+        daemon: &Daemon,
+        pod: &str,
+        uid: &str,
+        hints: Option<Vec<RecordAt>>,
+        rescan: bool,
+    ) -> Vec<(PathBuf, SandboxRecord)> {
+        let places = match hints {
+            Some(h) if !h.is_empty() => h,
+            _ => {
+                let mut index = self.index.lock().expect("not poisoned");
+                if rescan || index.is_none() {
+                    *index = Some(scan(daemon));
+                }
+                index
+                    .as_ref()
+                    .and_then(|i| i.get(pod))
+                    .cloned()
+                    .unwrap_or_default()
+            }
+        };
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for at in places {
+            let key = crate::cache::Key {
+                network: &at.network,
+                container_id: &at.container_id,
+                ifname: &at.ifname,
+            };
+            match ResultCache::new(&at.dir).load(&key) {
+                Loaded::Found(r) if r.pod.as_deref() == Some(pod) => {
+                    if record_of(&r, uid) {
+                        out.push((at.dir.clone(), r));
+                    }
+                }
+                _ => gone.push(at),
+            }
+        }
+        if !gone.is_empty() {
+            if let Some(known) = self
+                .index
+                .lock()
+                .expect("not poisoned")
+                .as_mut()
+                .and_then(|i| i.get_mut(pod))
+            {
+                known.retain(|at| !gone.contains(at));
+            }
+        }
+        out
     }
 
     fn push(&self, key: PodKey, force: Option<RecordAt>) {
@@ -263,7 +330,8 @@ impl Reconciler {
         let Some(view) = daemon.watch.as_ref() else {
             return;
         };
-        let mut index: Option<HashMap<String, Vec<(PathBuf, SandboxRecord)>>> = None;
+        // One rescan of the cache dirs per batch at most.
+        let mut rescanned = false;
         for ((ns, name), hints) in batch {
             let forced = hints.is_some();
             if daemon
@@ -278,50 +346,23 @@ impl Reconciler {
                 continue;
             };
             let sig = signature(&pod);
-            let previous_failures = {
+            let (previous_failures, changed) = {
                 let seen = self.seen.lock().expect("not poisoned");
                 match seen.get(&key) {
                     Some(s) if !forced && s.failures == 0 && s.signature == sig => continue,
-                    Some(s) => s.failures,
-                    None => 0,
+                    Some(s) => (s.failures, s.signature != sig),
+                    None => (0, false),
                 }
             };
             if sig.opted_out || pod.metadata.deletion_timestamp.is_some() {
                 self.done(key, sig, 0);
                 continue;
             }
-            let mine: Vec<(PathBuf, SandboxRecord)> = match hints {
-                // After an ADD: the record it wrote, not a scan of every record on the node.
-                Some(hints) if !hints.is_empty() => hints
-                    .iter()
-                    .filter_map(|at| {
-                        let key = crate::cache::Key {
-                            network: &at.network,
-                            container_id: &at.container_id,
-                            ifname: &at.ifname,
-                        };
-                        match ResultCache::new(&at.dir).load(&key) {
-                            Loaded::Found(r)
-                                if r.pod.as_deref() == Some(format!("{ns}/{name}").as_str())
-                                    && record_of(&r, &sig.uid) =>
-                            {
-                                Some((at.dir.clone(), r))
-                            }
-                            _ => None,
-                        }
-                    })
-                    .collect(),
-                _ => index
-                    .get_or_insert_with(|| records_by_pod(daemon))
-                    .get(&format!("{ns}/{name}"))
-                    .map(|v| {
-                        v.iter()
-                            .filter(|(_, r)| record_of(r, &sig.uid))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            };
+            // After an ADD: the record it wrote. A pod first seen, or retried: where the index
+            // says. An annotation changed since the last reconcile: after a rescan.
+            let rescan = changed && !forced && !rescanned;
+            rescanned |= rescan;
+            let mine = self.records_of(daemon, &format!("{ns}/{name}"), &sig.uid, hints, rescan);
             if mine.is_empty() {
                 // Not ours (or not ADDed yet: the ADD queues it again when done).
                 self.done(key, sig, 0);
@@ -406,14 +447,19 @@ fn record_of(r: &SandboxRecord, uid: &str) -> bool {
     }
 }
 
-/// Every sandbox record the daemon's cache dirs hold, by `namespace/name` of its pod.
-fn records_by_pod(daemon: &Daemon) -> HashMap<String, Vec<(PathBuf, SandboxRecord)>> {
-    let mut out: HashMap<String, Vec<(PathBuf, SandboxRecord)>> = HashMap::new();
+/// Where every sandbox record the daemon's cache dirs hold is, by `namespace/name` of its pod.
+fn scan(daemon: &Daemon) -> HashMap<String, Vec<RecordAt>> {
+    let mut out: HashMap<String, Vec<RecordAt>> = HashMap::new();
     for dir in daemon.cni_dirs() {
         for (_, l) in ResultCache::new(&dir).all() {
             if let Loaded::Found(r) = l {
                 if let Some(p) = r.pod.clone() {
-                    out.entry(p).or_default().push((dir.clone(), r));
+                    out.entry(p).or_default().push(RecordAt {
+                        dir: dir.clone(),
+                        network: r.network,
+                        container_id: r.container_id,
+                        ifname: r.if_name,
+                    });
                 }
             }
         }

@@ -301,3 +301,71 @@ async fn plexus_shim_speaks_to_the_daemon_and_knows_when_it_is_away() {
         "unreachable is known at once"
     );
 }
+
+#[test]
+fn hot_plug_finds_records_through_its_index_and_the_adds_it_ran() {
+    use super::hotplug::{Reconciler, RecordAt};
+    use crate::cache::{ResultCache, SandboxRecord};
+    let n = Node::new();
+    let d = daemon(&n, json!({}), true);
+    let dir = n.dir.path().join("cni");
+    let cache = ResultCache::new(&dir);
+    let store = |id: &str, pod: &str| {
+        cache
+            .store(&SandboxRecord {
+                kind: String::new(),
+                network: "plexus".into(),
+                container_id: id.into(),
+                if_name: "eth0".into(),
+                netns: "/run/netns/x".into(),
+                cni_args: String::new(),
+                pod: Some(pod.into()),
+                created: String::new(),
+                config: "{}".into(),
+                cni_path: vec![],
+                attachments: vec![],
+                del_attempts: 0,
+                links_before: None,
+            })
+            .unwrap();
+        RecordAt {
+            dir: dir.clone(),
+            network: "plexus".into(),
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
+    };
+    let ids = |v: Vec<(std::path::PathBuf, SandboxRecord)>| -> Vec<String> {
+        v.into_iter().map(|(_, r)| r.container_id).collect()
+    };
+    let a = store("c-a", "ns1/a");
+    store("c-b", "ns1/b");
+    let r = Reconciler::new();
+    // The first look scans the cache dirs.
+    assert_eq!(ids(r.records_of(&d, "ns1/a", "", None, false)), ["c-a"]);
+    // A record written behind the daemon's back (the shim's own ADD) is found after a rescan
+    // only (one is made when the pod's annotation changes).
+    store("c-c", "ns1/c");
+    assert!(r.records_of(&d, "ns1/c", "", None, false).is_empty());
+    assert_eq!(ids(r.records_of(&d, "ns1/c", "", None, true)), ["c-c"]);
+    // An ADD the daemon ran is in the index at once, and read alone when hinted.
+    let e = store("c-e", "ns1/e");
+    r.enqueue_after_add("ns1", "e", e.clone());
+    assert_eq!(ids(r.records_of(&d, "ns1/e", "", None, false)), ["c-e"]);
+    assert_eq!(
+        ids(r.records_of(&d, "ns1/e", "", Some(vec![e]), false)),
+        ["c-e"]
+    );
+    // A record that is gone (DEL) is gone from the answer; another pod's hint is not this pod's.
+    cache
+        .remove(&crate::cache::Key {
+            network: "plexus",
+            container_id: "c-a",
+            ifname: "eth0",
+        })
+        .unwrap();
+    assert!(r.records_of(&d, "ns1/a", "", None, false).is_empty());
+    assert!(r
+        .records_of(&d, "ns1/b", "", Some(vec![a]), false)
+        .is_empty());
+}
