@@ -242,6 +242,7 @@ fn a_running_pod_gains_and_loses_networks_when_its_annotation_changes() {
             r#"plexus_hotplug_operations_total{op="plan",result="refused"}"#
         ) >= 3.0
     );
+    assert_eq!(metric(&m, "plexus_hotplug_pods_tracked "), 1.0, "{m}");
 
     // The runtime's DEL takes everything, hot-plugged or not.
     n.env
@@ -251,6 +252,12 @@ fn a_running_pod_gains_and_loses_networks_when_its_annotation_changes() {
     for net in ["cluster", "net-a", "net-b"] {
         assert!(n.env.reservations(net).is_empty(), "{net} leaked");
     }
+
+    // The pod deleted from the API is forgotten: a long-lived daemon holds nothing of it.
+    n.api.delete_pod("default", "web");
+    wait_for("hot-plug forgets the pod", Duration::from_secs(20), || {
+        metric(&n.daemon.metrics(), "plexus_hotplug_pods_tracked ") == 0.0
+    });
 }
 
 #[test]

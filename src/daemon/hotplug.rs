@@ -171,6 +171,55 @@ impl Reconciler {
         self.push(key, None);
     }
 
+    /// Forget a pod the API deleted: what was seen of it and where its records were (the
+    /// runtime's DEL removes the records). The pod is queued too: a reconcile of it still in
+    /// flight would remember it again when it ends, and the queued one, which finds no pod in
+    /// the watch cache, forgets it after that.
+    pub fn forget(&self, pod: &Pod) {
+        let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            return;
+        };
+        let key = (ns.clone(), name.clone());
+        self.seen.lock().expect("not poisoned").remove(&key);
+        if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
+            index.remove(&format!("{ns}/{name}"));
+        }
+        self.push(key, None);
+    }
+
+    /// After a (re)list: forget every pod that is not among `now` (deleted while the watch was
+    /// down, so no delete event came), so a long-lived daemon keeps nothing of pods long gone.
+    pub fn retain(&self, now: &HashSet<PodKey>) {
+        self.seen
+            .lock()
+            .expect("not poisoned")
+            .retain(|k, _| now.contains(k));
+        if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
+            index.retain(|pod, _| {
+                pod.split_once('/')
+                    .is_some_and(|(ns, name)| now.contains(&(ns.to_string(), name.to_string())))
+            });
+        }
+    }
+
+    /// How many pods this reconciler holds state for (the `plexus_hotplug_pods_tracked` gauge).
+    pub fn tracked(&self) -> usize {
+        self.seen.lock().expect("not poisoned").len()
+    }
+
+    /// Entries (pods remembered) of what was seen and of the index: for tests.
+    #[cfg(test)]
+    pub(super) fn remembered(&self) -> (usize, usize) {
+        let seen = self.seen.lock().expect("not poisoned").len();
+        let index = self
+            .index
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map_or(0, |i| i.len());
+        (seen, index)
+    }
+
     /// Queue a pod whose sandbox was just ADDed (its record `at`), so an annotation change
     /// during that ADD is not missed. Only that record is read when it is reconciled.
     pub fn enqueue_after_add(&self, namespace: &str, name: &str, at: RecordAt) {
@@ -225,14 +274,13 @@ impl Reconciler {
             }
         }
         if !gone.is_empty() {
-            if let Some(known) = self
-                .index
-                .lock()
-                .expect("not poisoned")
-                .as_mut()
-                .and_then(|i| i.get_mut(pod))
-            {
-                known.retain(|at| !gone.contains(at));
+            if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
+                if let Some(known) = index.get_mut(pod) {
+                    known.retain(|at| !gone.contains(at));
+                    if known.is_empty() {
+                        index.remove(pod);
+                    }
+                }
             }
         }
         out
@@ -343,6 +391,9 @@ impl Reconciler {
             let key = (ns.clone(), name.clone());
             let Some(pod) = view.cached_pod(&ns, &name) else {
                 self.seen.lock().expect("not poisoned").remove(&key);
+                if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
+                    index.remove(&format!("{ns}/{name}"));
+                }
                 continue;
             };
             let sig = signature(&pod);
@@ -511,6 +562,44 @@ mod tests {
         );
         r.enqueue(&pod("a"));
         assert_eq!(r.take(), vec![(("ns1".into(), "p".into()), None)]);
+    }
+
+    #[test]
+    fn deleted_pods_are_forgotten_so_a_long_lived_daemon_keeps_nothing_of_them() {
+        let r = Reconciler::new();
+        let named = |name: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"namespace": "ns1", "name": name,
+                "uid": "u1", "annotations": {NETWORKS_ANNOTATION: "a"}}}))
+            .unwrap()
+        };
+        let at = |c: &str| RecordAt {
+            dir: "/var/lib/cni/multus".into(),
+            network: "plexus".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        };
+        *r.index.lock().unwrap() = Some(HashMap::new());
+        for p in ["p1", "p2", "p3"] {
+            r.enqueue_after_add("ns1", p, at(p));
+            r.done(("ns1".into(), p.into()), signature(&named(p)), 0);
+        }
+        r.take();
+        assert_eq!(r.remembered(), (3, 3));
+        // The API's delete event: forgotten now, and queued once so that a reconcile of it
+        // still in flight cannot leave it remembered.
+        r.forget(&named("p1"));
+        assert_eq!(r.remembered(), (2, 2));
+        assert_eq!(r.take(), vec![(("ns1".into(), "p1".into()), None)]);
+        // A relist that no longer holds p2 (deleted while the watch was down).
+        let now: HashSet<PodKey> = [("ns1".to_string(), "p3".to_string())].into();
+        r.retain(&now);
+        assert_eq!(r.remembered(), (1, 1));
+        // p3 is still known: an unchanged event does not queue it.
+        r.enqueue(&named("p3"));
+        assert_eq!(r.backlog(), 0);
+        // A forgotten pod that comes back (same name) is reconciled afresh.
+        r.enqueue(&named("p1"));
+        assert_eq!(r.backlog(), 1);
     }
 
     #[test]

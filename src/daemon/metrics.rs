@@ -65,6 +65,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub multus_requests: Family<MultusLabels, Counter>,
     pub hotplug: Family<HotplugLabels, Counter>,
+    /// Set when scraped, from the reconciler.
+    pub hotplug_tracked: Gauge,
 }
 
 fn seconds() -> Histogram {
@@ -90,6 +92,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             multus_requests: Family::default(),
             hotplug: Family::default(),
+            hotplug_tracked: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("not poisoned");
@@ -132,6 +135,11 @@ impl Metrics {
                 "plexus_hotplug_operations",
                 "Hot-plug attaches and detaches, by result",
                 m.hotplug.clone(),
+            );
+            r.register(
+                "plexus_hotplug_pods_tracked",
+                "Pods hot-plug holds state for (what it last reconciled of each); pods deleted from the API are dropped",
+                m.hotplug_tracked.clone(),
             );
         }
         m

@@ -94,7 +94,11 @@ async fn serve(
     );
     let reconciler = config.hotplug.then(hotplug::Reconciler::new);
     let on_pod = reconciler.clone().map(|r| {
-        Arc::new(move |p: &k8s_openapi::api::core::v1::Pod| r.enqueue(p)) as watch::PodHook
+        Arc::new(move |ev: watch::PodEvent<'_>| match ev {
+            watch::PodEvent::Applied(p) => r.enqueue(p),
+            watch::PodEvent::Deleted(p) => r.forget(p),
+            watch::PodEvent::Synced(now) => r.retain(now),
+        }) as watch::PodHook
     });
     let view = watch::WatchView::start(
         client.clone(),
@@ -226,11 +230,15 @@ fn metrics_router(d: Arc<server::Daemon>) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
     let m = d.metrics.clone();
+    let hotplug = d.hotplug.clone();
     axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let m = m.clone();
+                if let Some(r) = &hotplug {
+                    m.hotplug_tracked.set(r.tracked() as i64);
+                }
                 async move {
                     (
                         [(

@@ -364,7 +364,13 @@ fn hot_plug_finds_records_through_its_index_and_the_adds_it_ran() {
             ifname: "eth0",
         })
         .unwrap();
+    assert_eq!(r.remembered().1, 4, "a, b, c and e indexed");
     assert!(r.records_of(&d, "ns1/a", "", None, false).is_empty());
+    assert_eq!(
+        r.remembered().1,
+        3,
+        "a pod with no records left is dropped from the index"
+    );
     assert!(r
         .records_of(&d, "ns1/b", "", Some(vec![a]), false)
         .is_empty());

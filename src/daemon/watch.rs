@@ -153,8 +153,19 @@ pub fn trim(pod: &mut Pod) {
     }
 }
 
-/// Callbacks the watch loops run on each applied pod event (hot-plug).
-pub type PodHook = Arc<dyn Fn(&Pod) + Send + Sync>;
+/// What the pod watch tells its hook (hot-plug).
+pub enum PodEvent<'a> {
+    /// A pod was added or changed.
+    Applied(&'a Pod),
+    /// A pod is gone from the API.
+    Deleted(&'a Pod),
+    /// A (re)list is done: these are all the pods of this node now; any other pod the hook
+    /// remembers was deleted while the watch was down.
+    Synced(&'a std::collections::HashSet<(String, String)>),
+}
+
+/// The callback the pod watch loop runs on each event (hot-plug).
+pub type PodHook = Arc<dyn Fn(PodEvent<'_>) + Send + Sync>;
 
 impl WatchView {
     /// Start the reflectors on the current runtime: this node's pods (field selector
@@ -205,12 +216,28 @@ impl WatchView {
                             v.pods_synced.store(true, Ordering::SeqCst);
                             tracing::info!("watch cache: {} pods on this node", v.pods.len());
                         }
-                        if let (
-                            Some(hook),
-                            watcher::Event::Apply(p) | watcher::Event::InitApply(p),
-                        ) = (&on_pod, &ev)
-                        {
-                            hook(p);
+                        if let Some(hook) = &on_pod {
+                            match &ev {
+                                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                                    hook(PodEvent::Applied(p))
+                                }
+                                watcher::Event::Delete(p) => hook(PodEvent::Deleted(p)),
+                                watcher::Event::InitDone => {
+                                    let now = v
+                                        .pods
+                                        .state()
+                                        .iter()
+                                        .filter_map(|p| {
+                                            Some((
+                                                p.metadata.namespace.clone()?,
+                                                p.metadata.name.clone()?,
+                                            ))
+                                        })
+                                        .collect();
+                                    hook(PodEvent::Synced(&now))
+                                }
+                                watcher::Event::Init => {}
+                            }
                         }
                     }
                     Err(e) => tracing::warn!("pod watch: {e}"),
