@@ -7,7 +7,7 @@ use plexus_e2e as common;
 
 use base64::Engine as _;
 use common::daemon::{metric, NodeDaemon};
-use common::{Fixture, TestEnv};
+use common::{Fixture, FixtureOptions, TestEnv};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -258,6 +258,54 @@ fn a_running_pod_gains_and_loses_networks_when_its_annotation_changes() {
     wait_for("hot-plug forgets the pod", Duration::from_secs(20), || {
         metric(&n.daemon.metrics(), "plexus_hotplug_pods_tracked ") == 0.0
     });
+}
+
+#[test]
+fn a_pod_deleted_while_the_watch_was_down_is_forgotten_after_the_relist() {
+    // A history of 3 changes: a watch resumed after more than that gets 410 and relists.
+    let env = TestEnv::new("hp-relist");
+    let api = Fixture::start_with(
+        &env,
+        &FixtureOptions {
+            tls: true,
+            token: Some("daemon-sa-token".into()),
+            history_size: Some(3),
+            ..Default::default()
+        },
+    );
+    let daemon = NodeDaemon::start(&env, &api, json!({"metricsPort": 19182}));
+    let tracked = || metric(&daemon.metrics(), "plexus_hotplug_pods_tracked ");
+    for pod in ["gone", "kept"] {
+        api.create_pod("default", pod, json!({NETS: "net-a"}));
+    }
+    wait_for("both pods reconciled", Duration::from_secs(20), || {
+        tracked() == 2.0
+    });
+
+    // The pod watch goes down (its requests fail), and "gone" is deleted meanwhile; more changes
+    // than the history holds follow, so no resumed watch can deliver that delete.
+    api.fault(json!({"pathPrefix": "/api/v1/pods", "watch": true, "status": 500}));
+    assert!(api.abort_watches() >= 1);
+    api.delete_pod("default", "gone");
+    for i in 0..5 {
+        api.create_nad(
+            "other",
+            &format!("filler-{i}"),
+            &json!({"cniVersion": "1.0.0", "name": "f", "type": "bridge"}),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(tracked(), 2.0, "the delete was not seen");
+    api.clear_faults();
+    let took = wait_for("the relist drops the pod", Duration::from_secs(60), || {
+        tracked() == 1.0
+    });
+    eprintln!("watch back → pod forgotten: {took:?}");
+    assert!(
+        daemon.log().contains("watch cache: 1 pods on this node"),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]
