@@ -313,7 +313,22 @@ impl Engine {
                             },
                         }
                     });
-                    stored?;
+                    if let Err(e) = stored {
+                        if patched.is_ok() {
+                            // The status names what the undo is about to remove: put back what
+                            // the pod had (best effort; the ADD fails either way).
+                            let previous = pod
+                                .metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(crate::k8s::NETWORK_STATUS_ANNOTATION))
+                                .map(String::as_str);
+                            if let Err(r) = c.restore_network_status(pod, previous) {
+                                tracing::warn!("ADD for {who}: putting back the pod's network-status after the failed record write: {r}");
+                            }
+                        }
+                        return Err(e);
+                    }
                     patched?;
                 }
                 _ => cache.store_over_durable(&record)?,

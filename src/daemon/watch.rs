@@ -464,6 +464,10 @@ impl Reporter for WatchView {
         self.api.set_network_status(pod, value)
     }
 
+    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
+        self.api.restore_network_status(pod, previous)
+    }
+
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {
         self.api.event(pod, warning, reason, message)
     }

@@ -301,47 +301,62 @@ fn a_failed_status_write_rolls_back_everything_under_the_lock() {
 #[test]
 fn a_failed_final_record_write_beside_the_status_write_rolls_back_everything() {
     // The final record and network-status are written side by side; the record failing still
-    // fails the ADD and undoes every delegate, in reverse.
-    let n = Node::new();
-    let attachments = n.dir.path().join("cni/plexus/attachments");
-    let c = n.conf(
-        "plexus",
-        "1.0.0",
-        vec![
-            Node::net("a", json!({})),
-            Node::net("b", json!({"sabotage": attachments})),
-        ],
-        json!({"kubeconfig": "/dev/null"}),
-    );
-    let view = MemoryView::default().with_pod("ns1", "p", &[]);
-    let reports = view.reports.clone();
-    let e = engine(Some(view));
-    let err = add(
-        &e,
-        &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
-        &c,
-    )
-    .unwrap_err();
-    assert_eq!(err.code, Code::IO, "{err}");
-    assert!(err.msg.contains("ns1/p"), "{}", err.msg);
-    assert_eq!(
-        n.log(),
-        ["ADD a eth0", "ADD b net1", "DEL b net1", "DEL a eth0"]
-    );
-    let reports = reports.lock().unwrap();
-    // The status write went ahead beside the failed record write (the runtime's next ADD
-    // writes its own); no Event says the interfaces were added.
-    assert!(reports[0].starts_with("status ns1/p "), "{reports:?}");
-    assert!(
-        reports
-            .iter()
-            .any(|r| r.starts_with("event ns1/p FailedAttach")),
-        "{reports:?}"
-    );
-    assert!(
-        !reports.iter().any(|r| r.contains("AddedInterface")),
-        "{reports:?}"
-    );
+    // fails the ADD and undoes every delegate, in reverse. The status write that went ahead
+    // names interfaces the undo removes, so the pod's earlier status is put back (none: the
+    // annotation is removed).
+    let earlier = r#"[{"name":"cbr0","interface":"eth0","ips":["10.0.0.9"],"default":true}]"#;
+    for (annotations, restored) in [
+        (vec![], "(removed)"),
+        (
+            vec![(crate::k8s::NETWORK_STATUS_ANNOTATION, earlier)],
+            earlier,
+        ),
+    ] {
+        let n = Node::new();
+        let attachments = n.dir.path().join("cni/plexus/attachments");
+        let c = n.conf(
+            "plexus",
+            "1.0.0",
+            vec![
+                Node::net("a", json!({})),
+                Node::net("b", json!({"sabotage": attachments})),
+            ],
+            json!({"kubeconfig": "/dev/null"}),
+        );
+        let view = MemoryView::default().with_pod("ns1", "p", &annotations);
+        let reports = view.reports.clone();
+        let e = engine(Some(view));
+        let err = add(
+            &e,
+            &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
+            &c,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, Code::IO, "{err}");
+        assert!(err.msg.contains("ns1/p"), "{}", err.msg);
+        assert_eq!(
+            n.log(),
+            ["ADD a eth0", "ADD b net1", "DEL b net1", "DEL a eth0"]
+        );
+        let reports = reports.lock().unwrap();
+        assert!(reports[0].starts_with("status ns1/p "), "{reports:?}");
+        assert_eq!(
+            reports[1],
+            format!("status restored ns1/p {restored}"),
+            "{reports:?}"
+        );
+        // No Event says the interfaces were added.
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.starts_with("event ns1/p FailedAttach")),
+            "{reports:?}"
+        );
+        assert!(
+            !reports.iter().any(|r| r.contains("AddedInterface")),
+            "{reports:?}"
+        );
+    }
 }
 
 #[test]

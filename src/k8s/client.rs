@@ -193,6 +193,18 @@ pub fn api_error(what: &str, e: kube::Error) -> CniError {
 }
 
 impl ApiView {
+    fn patch_pod_status(&self, pod: &Pod, patch: serde_json::Value) -> Result<(), CniError> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        self.rt
+            .block_on(self.pods(&ns).patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            ))?
+            .map(|_| ())
+            .map_err(|e| api_error(&format!("writing network-status of pod {ns}/{name}"), e))
+    }
     /// The plugin's view: a client for `creds` on a runtime of its own; `None` without
     /// credentials (no Kubernetes).
     pub fn connect(
@@ -521,17 +533,15 @@ impl Reporter for ApiView {
     /// subresource Multus writes): no read, no resourceVersion, so no conflict loop. The patch
     /// carries the pod's UID, so it cannot land on a pod recreated under the same name.
     fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let patch = status_patch(pod, value);
-        self.rt
-            .block_on(self.pods(&ns).patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            ))?
-            .map(|_| ())
-            .map_err(|e| api_error(&format!("writing network-status of pod {ns}/{name}"), e))
+        self.patch_pod_status(pod, status_patch(pod, value))
+    }
+
+    /// The annotation as it was, or (`None`) removed: a merge patch's `null`.
+    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
+        let mut patch = status_patch(pod, "");
+        patch["metadata"]["annotations"][super::NETWORK_STATUS_ANNOTATION] =
+            previous.map_or(serde_json::Value::Null, |v| v.into());
+        self.patch_pod_status(pod, patch)
     }
 
     fn publish_claim_device(
@@ -819,6 +829,27 @@ mod tests {
         assert_eq!(
             log[0].1,
             json!({"metadata": {"uid": "u1", "annotations": {"k8s.v1.cni.cncf.io/network-status": r#"[{"name":"x"}]"#}}})
+        );
+    }
+
+    #[test]
+    fn a_restored_network_status_is_the_earlier_value_or_removed() {
+        let (view, handle) = view();
+        let log = serve(&view, handle, vec![ok(pod_json("8")), ok(pod_json("9"))]);
+        let pod: Pod = serde_json::from_value(pod_json("5")).unwrap();
+        view.restore_network_status(&pod, Some("[]")).unwrap();
+        view.restore_network_status(&pod, None).unwrap();
+        let log = log.lock().unwrap();
+        let key = "k8s.v1.cni.cncf.io/network-status";
+        assert_eq!(log[0].0, "PATCH /api/v1/namespaces/ns1/pods/p/status");
+        assert_eq!(
+            log[0].1,
+            json!({"metadata": {"uid": "u1", "annotations": {key: "[]"}}})
+        );
+        // A merge patch's null removes the annotation.
+        assert_eq!(
+            log[1].1,
+            json!({"metadata": {"uid": "u1", "annotations": {key: null}}})
         );
     }
 

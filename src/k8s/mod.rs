@@ -88,6 +88,11 @@ pub trait ClusterView {
 /// of claim devices (KEP-4817).
 pub trait Reporter {
     fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError>;
+    /// Put back the network-status the pod had before an ADD that is being undone after its own
+    /// status write went through (`None`: it had none).
+    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
+        self.set_network_status(pod, previous.unwrap_or("[]"))
+    }
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str);
     /// Write `data` into the claim's `status.devices` for the device; says what it did.
     /// `message` says what was attached (the entry's condition: "plexus attached <message>").
@@ -237,6 +242,16 @@ impl Reporter for MemoryView {
             .lock()
             .unwrap()
             .push(format!("status {who} {value}"));
+        Ok(())
+    }
+
+    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
+        self.reports.lock().unwrap().push(format!(
+            "status restored {}/{} {}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or(""),
+            previous.unwrap_or("(removed)")
+        ));
         Ok(())
     }
 
