@@ -139,6 +139,9 @@ pub struct Reconciler {
     /// (at most once per batch) when a pod's annotation changed since it was last reconciled,
     /// so a record written without the daemon (the shim's own ADD) is still found then.
     index: Mutex<Option<HashMap<String, Vec<RecordAt>>>>,
+    /// While a rescan runs (without the index's lock, so the pod watch and ADDs are not held
+    /// up), the records the daemon's ADDs wrote meanwhile: merged into the new index.
+    scanning: Mutex<Option<Vec<(String, RecordAt)>>>,
 }
 
 /// How long a busy sandbox waits before the next try, and the longest backoff of a failure.
@@ -154,6 +157,7 @@ impl Reconciler {
             wake: Notify::new(),
             seen: Mutex::new(HashMap::new()),
             index: Mutex::new(None),
+            scanning: Mutex::new(None),
         })
     }
 
@@ -189,11 +193,20 @@ impl Reconciler {
 
     /// After a (re)list: forget every pod that is not among `now` (deleted while the watch was
     /// down, so no delete event came), so a long-lived daemon keeps nothing of pods long gone.
+    /// Each pod dropped is queued too, as in [`Reconciler::forget`], so that a reconcile of it
+    /// still in flight cannot leave it remembered.
     pub fn retain(&self, now: &HashSet<PodKey>) {
-        self.seen
-            .lock()
-            .expect("not poisoned")
-            .retain(|k, _| now.contains(k));
+        let mut dropped = Vec::new();
+        self.seen.lock().expect("not poisoned").retain(|k, _| {
+            let keep = now.contains(k);
+            if !keep {
+                dropped.push(k.clone());
+            }
+            keep
+        });
+        for key in dropped {
+            self.push(key, None);
+        }
         if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
             index.retain(|pod, _| {
                 pod.split_once('/')
@@ -223,11 +236,15 @@ impl Reconciler {
     /// Queue a pod whose sandbox was just ADDed (its record `at`), so an annotation change
     /// during that ADD is not missed. Only that record is read when it is reconciled.
     pub fn enqueue_after_add(&self, namespace: &str, name: &str, at: RecordAt) {
+        let pod = format!("{namespace}/{name}");
         if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
-            let known = index.entry(format!("{namespace}/{name}")).or_default();
+            let known = index.entry(pod.clone()).or_default();
             if !known.contains(&at) {
                 known.push(at.clone());
             }
+        }
+        if let Some(meanwhile) = self.scanning.lock().expect("not poisoned").as_mut() {
+            meanwhile.push((pod, at.clone()));
         }
         self.push((namespace.to_string(), name.to_string()), Some(at));
     }
@@ -245,11 +262,12 @@ impl Reconciler {
         let places = match hints {
             Some(h) if !h.is_empty() => h,
             _ => {
-                let mut index = self.index.lock().expect("not poisoned");
-                if rescan || index.is_none() {
-                    *index = Some(scan(daemon));
+                if rescan || self.index.lock().expect("not poisoned").is_none() {
+                    self.rescan(daemon);
                 }
-                index
+                self.index
+                    .lock()
+                    .expect("not poisoned")
                     .as_ref()
                     .and_then(|i| i.get(pod))
                     .cloned()
@@ -270,6 +288,14 @@ impl Reconciler {
                         out.push((at.dir.clone(), r));
                     }
                 }
+                // Not readable now (a partial write, EMFILE): kept, tried again next time.
+                Loaded::Unreadable(why) => {
+                    tracing::debug!(
+                        "hot-plug: record {}/{}: {why}",
+                        at.dir.display(),
+                        at.container_id
+                    )
+                }
                 _ => gone.push(at),
             }
         }
@@ -284,6 +310,34 @@ impl Reconciler {
             }
         }
         out
+    }
+
+    /// Rebuild the index from the cache dirs. The scan runs without the index's lock; what
+    /// the daemon's ADDs recorded meanwhile is merged in (only the worker rescans).
+    fn rescan(&self, daemon: &Daemon) {
+        self.begin_rescan();
+        self.finish_rescan(scan(daemon));
+    }
+
+    pub(super) fn begin_rescan(&self) {
+        *self.scanning.lock().expect("not poisoned") = Some(Vec::new());
+    }
+
+    pub(super) fn finish_rescan(&self, mut fresh: HashMap<String, Vec<RecordAt>>) {
+        let mut index = self.index.lock().expect("not poisoned");
+        for (pod, at) in self
+            .scanning
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default()
+        {
+            let known = fresh.entry(pod).or_default();
+            if !known.contains(&at) {
+                known.push(at);
+            }
+        }
+        *index = Some(fresh);
     }
 
     fn push(&self, key: PodKey, force: Option<RecordAt>) {
@@ -409,9 +463,10 @@ impl Reconciler {
                 self.done(key, sig, 0);
                 continue;
             }
-            // After an ADD: the record it wrote. A pod first seen, or retried: where the index
-            // says. An annotation changed since the last reconcile: after a rescan.
-            let rescan = changed && !forced && !rescanned;
+            // After an ADD: the record it wrote. A pod first seen: where the index says. An
+            // annotation changed since the last reconcile, or a retry of a failure: after a
+            // rescan (so a record the index lost track of is found again).
+            let rescan = needs_rescan(changed, previous_failures, forced, rescanned);
             rescanned |= rescan;
             let mine = self.records_of(daemon, &format!("{ns}/{name}"), &sig.uid, hints, rescan);
             if mine.is_empty() {
@@ -496,6 +551,13 @@ fn record_of(r: &SandboxRecord, uid: &str) -> bool {
         Some((_, u)) if !uid.is_empty() => u == uid,
         _ => true,
     }
+}
+
+/// Whether a reconcile reads the pod's records after a rescan: when its annotation changed or
+/// a failure is retried (a record the index lost track of is found again), not when an ADD
+/// said where its record is, and at most once per batch.
+fn needs_rescan(changed: bool, failures: u32, forced: bool, rescanned: bool) -> bool {
+    (changed || failures > 0) && !forced && !rescanned
 }
 
 /// Where every sandbox record the daemon's cache dirs hold is, by `namespace/name` of its pod.
@@ -594,12 +656,29 @@ mod tests {
         let now: HashSet<PodKey> = [("ns1".to_string(), "p3".to_string())].into();
         r.retain(&now);
         assert_eq!(r.remembered(), (1, 1));
+        // Queued once too, for the same reason.
+        assert_eq!(r.take(), vec![(("ns1".into(), "p2".into()), None)]);
         // p3 is still known: an unchanged event does not queue it.
         r.enqueue(&named("p3"));
         assert_eq!(r.backlog(), 0);
         // A forgotten pod that comes back (same name) is reconciled afresh.
         r.enqueue(&named("p1"));
         assert_eq!(r.backlog(), 1);
+    }
+
+    #[test]
+    fn a_changed_annotation_or_a_retry_rescans_once_per_batch_and_an_add_never() {
+        assert!(needs_rescan(true, 0, false, false), "annotation changed");
+        assert!(needs_rescan(false, 2, false, false), "a failure retried");
+        assert!(
+            !needs_rescan(false, 0, false, false),
+            "first seen: the index"
+        );
+        assert!(
+            !needs_rescan(true, 1, true, false),
+            "after an ADD: its record"
+        );
+        assert!(!needs_rescan(true, 1, false, true), "once per batch");
     }
 
     #[test]

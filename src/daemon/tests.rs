@@ -374,4 +374,36 @@ fn hot_plug_finds_records_through_its_index_and_the_adds_it_ran() {
     assert!(r
         .records_of(&d, "ns1/b", "", Some(vec![a]), false)
         .is_empty());
+    // A record that cannot be read now (a torn write, EMFILE) stays indexed and is found once
+    // it can be read again, with no rescan.
+    let file_b = walk(&dir)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("=c-b="))
+        .expect("c-b's record");
+    let good = std::fs::read(&file_b).unwrap();
+    std::fs::write(&file_b, b"{\"kind\": ").unwrap();
+    assert!(r.records_of(&d, "ns1/b", "", None, false).is_empty());
+    assert_eq!(r.remembered().1, 3, "b kept");
+    std::fs::write(&file_b, good).unwrap();
+    assert_eq!(ids(r.records_of(&d, "ns1/b", "", None, false)), ["c-b"]);
+    // An ADD that lands while a rescan runs (without the index's lock) is in the new index
+    // even when the scan missed its record.
+    r.begin_rescan();
+    let f = store("c-f", "ns1/f");
+    r.enqueue_after_add("ns1", "f", f);
+    r.finish_rescan(Default::default());
+    assert_eq!(ids(r.records_of(&d, "ns1/f", "", None, false)), ["c-f"]);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
