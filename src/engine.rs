@@ -304,32 +304,28 @@ impl Engine {
                                         "writing the cache record panicked",
                                     ))
                                 });
-                                (stored, patched)
+                                (stored, Some(patched))
                             }
                             // No thread to be had: one after the other, record first.
                             Err(_) => match cache.store_over_durable(&record) {
-                                Ok(()) => (Ok(()), c.set_network_status(pod, &done.status)),
-                                Err(e) => (Err(e), Ok(())),
+                                Ok(()) => (Ok(()), Some(c.set_network_status(pod, &done.status))),
+                                Err(e) => (Err(e), None),
                             },
                         }
                     });
                     if let Err(e) = stored {
-                        if patched.is_ok() {
-                            // The status names what the undo is about to remove: put back what
-                            // the pod had (best effort; the ADD fails either way).
-                            let previous = pod
-                                .metadata
-                                .annotations
-                                .as_ref()
-                                .and_then(|a| a.get(crate::k8s::NETWORK_STATUS_ANNOTATION))
-                                .map(String::as_str);
-                            if let Err(r) = c.restore_network_status(pod, previous) {
-                                tracing::warn!("ADD for {who}: putting back the pod's network-status after the failed record write: {r}");
+                        if let Some(Ok(())) = patched {
+                            // The status names what the undo is about to remove. What the pod
+                            // had before names nothing that exists either (an earlier sandbox's
+                            // interfaces, or this container's, torn down above): the
+                            // annotation goes (best effort; the ADD fails either way).
+                            if let Err(r) = c.clear_network_status(pod) {
+                                tracing::warn!("ADD for {who}: removing the pod's network-status after the failed record write: {r}");
                             }
                         }
                         return Err(e);
                     }
-                    patched?;
+                    patched.unwrap_or(Ok(()))?;
                 }
                 _ => cache.store_over_durable(&record)?,
             }

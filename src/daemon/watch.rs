@@ -464,8 +464,8 @@ impl Reporter for WatchView {
         self.api.set_network_status(pod, value)
     }
 
-    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
-        self.api.restore_network_status(pod, previous)
+    fn clear_network_status(&self, pod: &Pod) -> Result<(), CniError> {
+        self.api.clear_network_status(pod)
     }
 
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str) {

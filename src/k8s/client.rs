@@ -536,11 +536,11 @@ impl Reporter for ApiView {
         self.patch_pod_status(pod, status_patch(pod, value))
     }
 
-    /// The annotation as it was, or (`None`) removed: a merge patch's `null`.
-    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
+    /// A merge patch's `null` removes the annotation (guarded by the UID, as above).
+    fn clear_network_status(&self, pod: &Pod) -> Result<(), CniError> {
         let mut patch = status_patch(pod, "");
         patch["metadata"]["annotations"][super::NETWORK_STATUS_ANNOTATION] =
-            previous.map_or(serde_json::Value::Null, |v| v.into());
+            serde_json::Value::Null;
         self.patch_pod_status(pod, patch)
     }
 
@@ -833,23 +833,16 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_network_status_is_the_earlier_value_or_removed() {
+    fn a_cleared_network_status_is_a_merge_patch_null_guarded_by_uid() {
         let (view, handle) = view();
-        let log = serve(&view, handle, vec![ok(pod_json("8")), ok(pod_json("9"))]);
+        let log = serve(&view, handle, vec![ok(pod_json("8"))]);
         let pod: Pod = serde_json::from_value(pod_json("5")).unwrap();
-        view.restore_network_status(&pod, Some("[]")).unwrap();
-        view.restore_network_status(&pod, None).unwrap();
+        view.clear_network_status(&pod).unwrap();
         let log = log.lock().unwrap();
-        let key = "k8s.v1.cni.cncf.io/network-status";
         assert_eq!(log[0].0, "PATCH /api/v1/namespaces/ns1/pods/p/status");
         assert_eq!(
             log[0].1,
-            json!({"metadata": {"uid": "u1", "annotations": {key: "[]"}}})
-        );
-        // A merge patch's null removes the annotation.
-        assert_eq!(
-            log[1].1,
-            json!({"metadata": {"uid": "u1", "annotations": {key: null}}})
+            json!({"metadata": {"uid": "u1", "annotations": {"k8s.v1.cni.cncf.io/network-status": null}}})
         );
     }
 

@@ -88,10 +88,9 @@ pub trait ClusterView {
 /// of claim devices (KEP-4817).
 pub trait Reporter {
     fn set_network_status(&self, pod: &Pod, value: &str) -> Result<(), CniError>;
-    /// Put back the network-status the pod had before an ADD that is being undone after its own
-    /// status write went through (`None`: it had none).
-    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
-        self.set_network_status(pod, previous.unwrap_or("[]"))
+    /// Remove the pod's network-status: an ADD whose status write went through is being undone.
+    fn clear_network_status(&self, pod: &Pod) -> Result<(), CniError> {
+        self.set_network_status(pod, "[]")
     }
     fn event(&self, pod: &Pod, warning: bool, reason: &str, message: &str);
     /// Write `data` into the claim's `status.devices` for the device; says what it did.
@@ -245,12 +244,11 @@ impl Reporter for MemoryView {
         Ok(())
     }
 
-    fn restore_network_status(&self, pod: &Pod, previous: Option<&str>) -> Result<(), CniError> {
+    fn clear_network_status(&self, pod: &Pod) -> Result<(), CniError> {
         self.reports.lock().unwrap().push(format!(
-            "status restored {}/{} {}",
+            "status cleared {}/{}",
             pod.metadata.namespace.as_deref().unwrap_or(""),
-            pod.metadata.name.as_deref().unwrap_or(""),
-            previous.unwrap_or("(removed)")
+            pod.metadata.name.as_deref().unwrap_or("")
         ));
         Ok(())
     }
