@@ -237,14 +237,20 @@ impl Reconciler {
     /// during that ADD is not missed. Only that record is read when it is reconciled.
     pub fn enqueue_after_add(&self, namespace: &str, name: &str, at: RecordAt) {
         let pod = format!("{namespace}/{name}");
-        if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
-            let known = index.entry(pod.clone()).or_default();
-            if !known.contains(&at) {
-                known.push(at.clone());
+        {
+            // Both under the index's lock (the order finish_rescan takes them in), so a rescan
+            // ends either before this (the record goes into its index) or after (its buffer
+            // has the record).
+            let mut index = self.index.lock().expect("not poisoned");
+            if let Some(index) = index.as_mut() {
+                let known = index.entry(pod.clone()).or_default();
+                if !known.contains(&at) {
+                    known.push(at.clone());
+                }
             }
-        }
-        if let Some(meanwhile) = self.scanning.lock().expect("not poisoned").as_mut() {
-            meanwhile.push((pod, at.clone()));
+            if let Some(meanwhile) = self.scanning.lock().expect("not poisoned").as_mut() {
+                meanwhile.push((pod, at.clone()));
+            }
         }
         self.push((namespace.to_string(), name.to_string()), Some(at));
     }
@@ -445,8 +451,13 @@ impl Reconciler {
             let key = (ns.clone(), name.clone());
             let Some(pod) = view.cached_pod(&ns, &name) else {
                 self.seen.lock().expect("not poisoned").remove(&key);
-                if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
-                    index.remove(&format!("{ns}/{name}"));
+                // Gone from the API (forget queued it), unless an ADD just ran for it: then
+                // the ADD found the pod before the watch did, and the index keeps its record
+                // for when the pod's event arrives.
+                if !forced {
+                    if let Some(index) = self.index.lock().expect("not poisoned").as_mut() {
+                        index.remove(&format!("{ns}/{name}"));
+                    }
                 }
                 continue;
             };
@@ -463,12 +474,18 @@ impl Reconciler {
                 self.done(key, sig, 0);
                 continue;
             }
-            // After an ADD: the record it wrote. A pod first seen: where the index says. An
-            // annotation changed since the last reconcile, or a retry of a failure: after a
-            // rescan (so a record the index lost track of is found again).
-            let rescan = needs_rescan(changed, previous_failures, forced, rescanned);
+            // After an ADD: the record it wrote. A pod first seen, or retried: where the index
+            // says. An annotation changed since the last reconcile: after a rescan.
+            let rescan = needs_rescan(changed, forced, rescanned);
             rescanned |= rescan;
-            let mine = self.records_of(daemon, &format!("{ns}/{name}"), &sig.uid, hints, rescan);
+            let id = format!("{ns}/{name}");
+            let mut mine = self.records_of(daemon, &id, &sig.uid, hints, rescan);
+            if mine.is_empty() && previous_failures > 0 && !forced && !rescanned {
+                // A failure retried, and the index knows no record of the pod now: look again
+                // after a rescan before calling it none of ours.
+                rescanned = true;
+                mine = self.records_of(daemon, &id, &sig.uid, None, true);
+            }
             if mine.is_empty() {
                 // Not ours (or not ADDed yet: the ADD queues it again when done).
                 self.done(key, sig, 0);
@@ -553,11 +570,10 @@ fn record_of(r: &SandboxRecord, uid: &str) -> bool {
     }
 }
 
-/// Whether a reconcile reads the pod's records after a rescan: when its annotation changed or
-/// a failure is retried (a record the index lost track of is found again), not when an ADD
-/// said where its record is, and at most once per batch.
-fn needs_rescan(changed: bool, failures: u32, forced: bool, rescanned: bool) -> bool {
-    (changed || failures > 0) && !forced && !rescanned
+/// Whether a reconcile reads the pod's records after a rescan: when its annotation changed,
+/// not when an ADD said where its record is, and at most once per batch.
+fn needs_rescan(changed: bool, forced: bool, rescanned: bool) -> bool {
+    changed && !forced && !rescanned
 }
 
 /// Where every sandbox record the daemon's cache dirs hold is, by `namespace/name` of its pod.
@@ -667,18 +683,14 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_annotation_or_a_retry_rescans_once_per_batch_and_an_add_never() {
-        assert!(needs_rescan(true, 0, false, false), "annotation changed");
-        assert!(needs_rescan(false, 2, false, false), "a failure retried");
+    fn a_changed_annotation_rescans_once_per_batch_and_an_add_never() {
+        assert!(needs_rescan(true, false, false), "annotation changed");
         assert!(
-            !needs_rescan(false, 0, false, false),
-            "first seen: the index"
+            !needs_rescan(false, false, false),
+            "first seen or retried: the index"
         );
-        assert!(
-            !needs_rescan(true, 1, true, false),
-            "after an ADD: its record"
-        );
-        assert!(!needs_rescan(true, 1, false, true), "once per batch");
+        assert!(!needs_rescan(true, true, false), "after an ADD: its record");
+        assert!(!needs_rescan(true, false, true), "once per batch");
     }
 
     #[test]
