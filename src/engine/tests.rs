@@ -276,25 +276,31 @@ fn a_failed_status_write_rolls_back_everything_under_the_lock() {
         ..MemoryView::default().with_pod("ns1", "p", &[])
     };
     let reports = view.reports.clone();
-    let e = engine(Some(view));
-    let err = add(
-        &e,
-        &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
-        &c,
-    )
-    .unwrap_err();
-    assert_eq!(err.code, Code::TRY_AGAIN_LATER, "{err}");
-    assert!(err.msg.contains("ns1/p"), "{}", err.msg);
-    assert_eq!(
-        n.log(),
-        ["ADD a eth0", "ADD b net1", "DEL b net1", "DEL a eth0"]
-    );
+    a_and_b_rolled_back(&n, view, &c, Code::TRY_AGAIN_LATER);
     assert!(n.records().is_empty());
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert!(
         reports[0].starts_with("event ns1/p FailedAttach"),
         "{reports:?}"
+    );
+}
+
+/// ADD of pod ns1/p over networks a and b fails with `code`, naming the pod, after both
+/// delegates ran; both are DELed, in reverse.
+fn a_and_b_rolled_back(n: &Node, view: MemoryView, c: &NetConf, code: Code) {
+    let e = engine(Some(view));
+    let err = add(
+        &e,
+        &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
+        c,
+    )
+    .unwrap_err();
+    assert_eq!(err.code, code, "{err}");
+    assert!(err.msg.contains("ns1/p"), "{}", err.msg);
+    assert_eq!(
+        n.log(),
+        ["ADD a eth0", "ADD b net1", "DEL b net1", "DEL a eth0"]
     );
 }
 
@@ -322,19 +328,7 @@ fn a_failed_final_record_write_beside_the_status_write_rolls_back_everything() {
         );
         let view = MemoryView::default().with_pod("ns1", "p", &annotations);
         let reports = view.reports.clone();
-        let e = engine(Some(view));
-        let err = add(
-            &e,
-            &req("ADD", "c1", "K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"),
-            &c,
-        )
-        .unwrap_err();
-        assert_eq!(err.code, Code::IO, "{err}");
-        assert!(err.msg.contains("ns1/p"), "{}", err.msg);
-        assert_eq!(
-            n.log(),
-            ["ADD a eth0", "ADD b net1", "DEL b net1", "DEL a eth0"]
-        );
+        a_and_b_rolled_back(&n, view, &c, Code::IO);
         let reports = reports.lock().unwrap();
         assert!(reports[0].starts_with("status ns1/p "), "{reports:?}");
         assert_eq!(reports[1], "status cleared ns1/p", "{reports:?}");
