@@ -5,12 +5,12 @@
 //!
 //! Level-triggered: every pod event queues the pod (once, however many events arrive); a worker
 //! reconciles the queue in batches once the watches have synced, reading each pod's records
-//! from the on-disk cache (the truth) where an index by pod says they are (see `Reconciler`).
-//! A pod whose annotation has not changed since it was last reconciled is skipped; a pod
-//! deleted from the API is forgotten. A restart queues every pod of the initial list, so it resumes from the cache and the
-//! current annotation. A sandbox busy with an ADD or DEL is retried a moment later; a failed
-//! attach is retried with backoff (one Warning Event per try, at most one a minute per pod at
-//! the end of the backoff).
+//! from the on-disk cache (the truth) where an index by pod says they are (see `Reconciler`). A
+//! pod whose annotation has not changed since it was last reconciled is skipped; a pod deleted
+//! from the API is forgotten. A restart queues every pod of the initial list, so it resumes
+//! from the cache and the current annotation. A sandbox busy with an ADD or DEL is retried a
+//! moment later; a failed attach is retried with backoff (one Warning Event per try, at most
+//! one a minute per pod at the end of the backoff).
 //!
 //! [`Engine::hotplug`]: crate::engine::Engine::hotplug
 
